@@ -1,0 +1,53 @@
+"""Tiny fakes built on the fly: a BPE tokenizer trained on a few snippets, a 2-layer model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tokenfill.checkpoint import save_model
+from tokenfill.model import ModelConfig, Transformer
+from tokenfill.tokenizer import Tokenizer, train_bpe
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+SNIPPETS = [
+    "def add(a, b):\n    return a + b\n",
+    "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "for i in range(10):\n    print(i)\n",
+    "import os\nimport sys\n\nprint(os.path.join('a', 'b'))\n",
+    "result = [x * 2 for x in values if x > 0]\n",
+    "with open(path) as f:\n    data = f.read()\n",
+    "if self.result is None:\n    self.result = compute()\n",
+    "# comment with unicode: héllo wörld ✓ 日本語\n",
+    "x = {'key': 'value', \"other\": 123456}\n",
+]
+
+
+def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
+    args = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    args.update(overrides)
+    return ModelConfig(**args)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    return train_bpe(SNIPPETS * 20, vocab_size=400, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer) -> Transformer:
+    return Transformer.init_random(tiny_config(tokenizer.vocab_size), seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer, tiny_model) -> Path:
+    """A checkpoint directory in Hugging Face layout holding the tiny model (fp32)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    save_model(tiny_model, path, dtype=torch.float32)
+    tokenizer.save(path / "tokenizer.json")
+    return path

@@ -1,0 +1,89 @@
+"""The command line, run as a user runs it: a subprocess, real files, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tokenfill.cli import cursor_offset, UsageError
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tokenfill", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("text,line,column,offset", [
+    ("ab\ncd\n", 1, 1, 0), ("ab\ncd\n", 1, 3, 2), ("ab\ncd\n", 2, 2, 4), ("ab\ncd\n", 3, 1, 6),
+    ("é✓\nx", 1, 3, 2), ("a\r\nb", 2, 1, 3), ("a\r\nb", 1, 2, 1),
+])
+def test_cursor_offset(text, line, column, offset):
+    assert cursor_offset(text, line, column) == offset
+
+
+@pytest.mark.parametrize("line,column,message", [(4, 1, "line 4"), (0, 1, "line 0"),
+                                                  (1, 4, "column 4"), (1, 0, "column 0")])
+def test_cursor_outside_the_file(line, column, message):
+    with pytest.raises(UsageError, match=message):
+        cursor_offset("ab\ncd\n", line, column)
+
+
+def test_complete_prints_the_completion(tmp_path, model_dir):
+    source = tmp_path / "a.py"
+    source.write_text("def f(x):\n    return x\n")
+    result = run("complete", source, "--line", 2, "--column", 12, "--model", model_dir,
+                 "--max-tokens", 4, "--dtype", "fp32")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.py", "--line", "1", "--column", "1"], "no such file"),
+    (["a.py", "--line", "9", "--column", "1"], "line 9 is outside"),
+    (["a.py", "--line", "1", "--column", "1", "--max-tokens", "0"], "max-tokens"),
+    (["a.py", "--line", "1", "--column", "1", "--model", "nowhere"], "cannot load model"),
+])
+def test_complete_bad_input(tmp_path, model_dir, args, message):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    if "--model" not in args:
+        args = [*args, "--model", str(model_dir)]
+    result = run("complete", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_batch_completes_and_skips_bad_lines(tmp_path, model_dir):
+    tasks = tmp_path / "in.jsonl"
+    tasks.write_text("\n".join([
+        json.dumps({"id": "a", "prefix": "def f():\n    return ", "suffix": "\n", "extra": 1}),
+        "{not json",
+        json.dumps({"prefix": "x = "}),
+        json.dumps({"id": "b", "prefix": "import ", "suffix": ""}),
+        json.dumps({"id": "c", "prefix": 5, "suffix": ""}),
+    ]) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = run("batch", tasks, "-o", out, "--model", model_dir, "--max-tokens", 4)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert rows[0]["extra"] == 1
+    for r in rows:
+        assert isinstance(r["completion"], str) and r["ms"] > 0 and 0 <= r["tokens"] <= 4
+    assert "in.jsonl:2: skipped: not valid JSON" in result.stderr
+    assert "in.jsonl:3: skipped: missing field 'id'" in result.stderr
+    assert "in.jsonl:5: skipped: field 'prefix' must be a string" in result.stderr
+    assert "2 completed, 3 skipped" in result.stderr
+
+
+def test_batch_missing_input(tmp_path, model_dir):
+    result = run("batch", tmp_path / "none.jsonl", "-o", tmp_path / "o.jsonl", "--model", model_dir)
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_demo_runs(model_dir):
+    result = run("demo", "--model", model_dir, "--max-tokens", 4)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("completion (") == 4

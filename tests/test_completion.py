@@ -1,0 +1,63 @@
+"""The engine: prompts fitted to the context, special-token text kept as text, results well formed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenfill.completion import Engine
+from tokenfill.fim import FimUnsupportedError
+from tokenfill.generate import Sampling
+
+from .test_fim import family_tokenizer
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return Engine.load(model_dir, dtype="fp32")
+
+
+def test_completion_is_text_with_timings(engine):
+    result = engine.complete("def add(a, b):\n    return ", "\n", max_tokens=8)
+    assert isinstance(result.text, str) and "\n" not in result.text
+    assert 0 <= result.tokens <= 8
+    assert result.finish_reason in ("stop", "length")
+    assert result.prompt_tokens > 3 and result.total_ms > 0
+
+
+def test_long_context_is_cut_to_fit(engine):
+    prefix = "".join(f"value_{i} = {i}\n" for i in range(400))
+    suffix = "".join(f"other_{i} = {i}\n" for i in range(400))
+    prompt = engine.prompt_ids(prefix, suffix, max_tokens=16)
+    assert len(prompt) + 16 <= engine.context
+    text = engine.tokenizer.decode(prompt)
+    assert "value_399 = 399\n" in text and "other_0 = 0\n" in text      # nearest the cursor kept
+    assert "value_0 = 0\n" not in text and "other_399" not in text       # farthest dropped
+    result = engine.complete(prefix, suffix, max_tokens=16)
+    assert result.prompt_tokens + 16 <= engine.context
+
+
+def test_special_token_text_in_the_file_is_not_a_control_token(engine):
+    fim = engine.fim
+    prompt = engine.prompt_ids("x = '<fim_middle>'\n<fim_suffix>", "<|endoftext|>", max_tokens=4)
+    assert prompt.count(fim.middle) == 1 and prompt.count(fim.suffix) == 1
+    assert engine.tokenizer.token_id("<|endoftext|>") not in prompt
+
+
+def test_sampled_completions_are_reproducible(engine):
+    s = Sampling(temperature=0.8, top_p=0.9, seed=3)
+    a = engine.complete("import ", "", max_tokens=10, sampling=s)
+    b = engine.complete("import ", "", max_tokens=10, sampling=s)
+    assert a.text == b.text
+
+
+def test_checkpoint_without_fim_tokens_is_refused(model_dir, tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((model_dir / name).read_bytes())
+    family_tokenizer(["<s>", "</s>"]).save(tmp_path / "tokenizer.json")
+    with pytest.raises(FimUnsupportedError, match="fill-in-the-middle"):
+        Engine.load(tmp_path)
+
+
+def test_bad_max_tokens(engine):
+    with pytest.raises(ValueError, match="max_tokens"):
+        engine.complete("x", "", max_tokens=0)

@@ -1,0 +1,62 @@
+"""Sampling and the decode loop: greedy generation equals a slow argmax loop over full recomputes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenfill.generate import Sampling, generate, sample
+from tokenfill.model import reference_logits
+
+
+def slow_greedy(model, prompt, n):
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(reference_logits(model, torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_generation_equals_slow_reference(tiny_model, seed):
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, tiny_model.config.vocab_size, (7 + seed * 5,), generator=g).tolist()
+    out = generate(tiny_model, prompt, 12)
+    assert out.tokens == slow_greedy(tiny_model, prompt, 12)
+    assert out.finish_reason == "length"
+
+
+def test_end_token_stops_and_is_not_returned(tiny_model):
+    prompt = [5, 6, 7]
+    first = generate(tiny_model, prompt, 5).tokens
+    out = generate(tiny_model, prompt, 5, end_ids=frozenset({first[2]}))
+    assert out.tokens == first[:2] and out.finish_reason == "stop"
+
+
+def test_should_stop_sees_each_token(tiny_model):
+    seen = []
+    out = generate(tiny_model, [1, 2, 3], 10, should_stop=lambda t: seen.append(t) or len(seen) == 4)
+    assert out.tokens == seen and len(seen) == 4 and out.finish_reason == "stop"
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model):
+    s = Sampling(temperature=1.0, seed=7)
+    a = generate(tiny_model, [1, 2, 3], 15, sampling=s).tokens
+    b = generate(tiny_model, [1, 2, 3], 15, sampling=s).tokens
+    assert a == b
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    g = torch.Generator().manual_seed(0)
+    draws = {sample(logits, Sampling(temperature=1.0, top_p=0.7), g) for _ in range(300)}
+    assert draws == {0, 1}
+    draws = {sample(logits, Sampling(temperature=1.0, top_p=1.0), g) for _ in range(2000)}
+    assert draws == {0, 1, 2, 3}
+    assert sample(logits, Sampling(), None) == 0
+
+
+def test_sampling_options_are_checked():
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(top_p=0)

@@ -1,0 +1,131 @@
+"""The fast path (KV cache, SDPA, GQA) against the slow reference, and against `transformers`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokenfill.checkpoint import load_model
+from tokenfill.model import KVCache, ModelConfig, Transformer, causal_mask, reference_logits
+
+from .conftest import tiny_config
+
+# fp32 on the CPU: differences come only from summation order.
+ATOL = 1e-4
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("bias", [False, True])
+def test_cached_decode_equals_full_recompute(kv_heads, bias):
+    config = tiny_config(97, num_key_value_heads=kv_heads, attention_bias=bias)
+    model = Transformer.init_random(config, seed=1).eval()
+    tokens = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(0))
+    expected = reference_logits(model, tokens)[0]
+
+    cache = model.new_cache(1, 64)
+    with torch.no_grad():
+        got = [model(tokens[:, :17], 0, cache)[0]]                  # prefill
+        got.append(model(tokens[:, 17:30], 17, cache)[0])           # a second chunk
+        for pos in range(30, 40):                                    # token by token
+            got.append(model(tokens[:, pos:pos + 1], pos, cache)[0])
+    assert torch.allclose(torch.cat(got), expected, atol=ATOL)
+
+
+def test_uncached_forward_equals_reference(tiny_model):
+    tokens = torch.randint(0, tiny_model.config.vocab_size, (2, 33))
+    with torch.no_grad():
+        assert torch.allclose(tiny_model(tokens), reference_logits(tiny_model, tokens), atol=ATOL)
+
+
+def test_batched_cache_rows_are_independent(tiny_model):
+    tokens = torch.randint(0, tiny_model.config.vocab_size, (3, 12))
+    cache = tiny_model.new_cache(3, 16)
+    with torch.no_grad():
+        batched = tiny_model(tokens, 0, cache)
+        for row in range(3):
+            alone = reference_logits(tiny_model, tokens[row:row + 1])
+            assert torch.allclose(batched[row], alone[0], atol=ATOL)
+
+
+def test_cache_overflow_is_an_error(tiny_model):
+    cache = tiny_model.new_cache(1, 8)
+    with pytest.raises(AssertionError, match="overflow"):
+        tiny_model(torch.zeros(1, 9, dtype=torch.long), 0, cache)
+
+
+def test_cache_move_relocates_entries():
+    config = tiny_config(50)
+    cache = KVCache(config, 1, 10, torch.float32)
+    cache.k.copy_(torch.arange(10.0).view(1, 1, 1, 10, 1).expand_as(cache.k))
+    cache.move(torch.tensor([5, 7]), 3)
+    assert cache.k[0, 0, 0, :, 0].tolist() == [0, 1, 2, 5, 7, 5, 6, 7, 8, 9]
+
+
+def test_causal_mask_shape_and_offset():
+    mask = causal_mask(2, 3)
+    assert mask.shape == (3, 5)
+    assert mask.tolist() == [[True, True, True, False, False],
+                             [True, True, True, True, False],
+                             [True, True, True, True, True]]
+
+
+def test_bf16_stays_close_to_fp32(tiny_model):
+    tokens = torch.randint(0, tiny_model.config.vocab_size, (1, 20))
+    model16 = Transformer(tiny_model.config)
+    model16.load_state_dict(tiny_model.state_dict())
+    model16 = model16.to(torch.bfloat16).eval()
+    with torch.no_grad():
+        a, b = tiny_model(tokens), model16(tokens)
+    assert b.dtype == torch.float32  # logits always come back in fp32
+    assert (a - b).abs().max() < 0.05
+
+
+def test_config_refuses_what_it_cannot_run():
+    base = dict(vocab_size=10, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                num_attention_heads=2)
+    with pytest.raises(ValueError, match="model_type"):
+        ModelConfig.from_hf({**base, "model_type": "gpt2"})
+    with pytest.raises(ValueError, match="rope_scaling"):
+        ModelConfig.from_hf({**base, "model_type": "llama", "rope_scaling": {"rope_type": "yarn"}})
+    assert ModelConfig.from_hf({**base, "model_type": "qwen2"}).attention_bias
+    assert ModelConfig.from_hf(base).num_key_value_heads == 2
+
+
+# --- against Hugging Face transformers' own implementation -----------------------------------
+
+def _hf_tiny(kind: str, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    common = dict(vocab_size=120, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  rms_norm_eps=1e-6, rope_theta=10000.0)
+    if kind == "llama":
+        config = transformers.LlamaConfig(**common, tie_word_embeddings=False)
+        cls = transformers.LlamaForCausalLM
+    else:
+        config = transformers.Qwen2Config(**common, tie_word_embeddings=True)
+        cls = transformers.Qwen2ForCausalLM
+    torch.manual_seed(0)
+    hf = cls(config).eval()
+    with torch.no_grad():  # biases start at zero; make them count
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    return hf
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_logits_equal_transformers(kind, tmp_path):
+    hf = _hf_tiny(kind, tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    ours = load_model(tmp_path, torch.float32)
+    assert ours.config.model_type == kind
+    tokens = torch.randint(0, 120, (2, 50), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = hf(tokens).logits.float()
+        got = ours(tokens)
+        cache = ours.new_cache(2, 64)
+        cached = torch.cat([ours(tokens[:, :30], 0, cache)] +
+                           [ours(tokens[:, i:i + 1], i, cache) for i in range(30, 50)], dim=1)
+    assert torch.allclose(got, expected, atol=ATOL), (got - expected).abs().max()
+    assert torch.allclose(cached, expected, atol=ATOL), (cached - expected).abs().max()

@@ -1,0 +1,141 @@
+"""`tokenfill bench`: the figures in BENCHMARKS.md, measured side by side in one run.
+
+- `runtime`: prefill and decode tokens/s of tokenfill's runtime and of Hugging Face `transformers`
+  (greedy `generate`) on the same checkpoint, same prompt, same thread count; checks that both
+  greedy outputs are the same tokens.
+- `humaneval`: `tokenfill batch` (the real command, as a subprocess) on HumanEval single-line
+  infilling from ../shared/data; exact match of the completion's first line against the canonical
+  solution's first line (whitespace at both ends ignored), ms per completion, completions/s.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model
+from .generate import generate, prefill
+from .hardware import describe_machine, resolve_dtype
+from .tokenizer import Tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HUMANEVAL_SINGLE = (REPO_ROOT.parent / "shared" / "data" / "humaneval-infilling" /
+                    "HumanEval-SingleLineInfilling.jsonl.gz")
+
+
+def header(command: str) -> str:
+    return f"`{command}` on {describe_machine()}, {date.today().isoformat()}"
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), prompt_len: int = 256,
+                  new_tokens: int = 128, repeats: int = 3) -> str:
+    """A markdown table: prefill and decode tokens/s, ours vs transformers."""
+    import transformers
+
+    tokenizer = Tokenizer.from_file(model_dir)
+    source = (REPO_ROOT / "tokenfill" / "model.py").read_text()
+    ids = tokenizer.encode(source)
+    prompt = ids[:prompt_len]
+    short = ids[:32]
+    rows = []
+    for name in dtypes:
+        torch_dtype = resolve_dtype(name)
+        ours = load_model(model_dir, torch_dtype)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval()
+        hf.generation_config.eos_token_id = None
+        hf.generation_config.pad_token_id = 0
+        x = torch.tensor([prompt])
+
+        def ours_prefill():
+            prefill(ours, ours.new_cache(1, prompt_len), prompt)
+
+        def hf_prefill():
+            with torch.inference_mode():
+                hf(x, use_cache=True)
+
+        def ours_decode():
+            return generate(ours, short, new_tokens).tokens
+
+        def hf_decode():
+            with torch.inference_mode():
+                out = hf.generate(torch.tensor([short]), max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=False)
+            return out[0, len(short):].tolist()
+
+        same = ours_decode() == hf_decode()  # also warms both up
+        ours_prefill(), hf_prefill()
+        for impl, pre, dec in [("tokenfill", ours_prefill, ours_decode),
+                               ("transformers", hf_prefill, hf_decode)]:
+            t_pre = _median_time(pre, repeats)
+            t_dec = _median_time(dec, repeats)
+            rows.append(f"| {impl} | {name} | {prompt_len / t_pre:,.0f} | "
+                        f"{new_tokens / t_dec:,.0f} | {'yes' if same else 'NO'} |")
+    return "\n".join([
+        header(f"tokenfill bench runtime --model {model_dir.name}"),
+        f"prefill: one {prompt_len}-token prompt; decode: {new_tokens} greedy tokens after a "
+        f"32-token prompt; median of {repeats}; {torch.get_num_threads()} threads.",
+        "",
+        "| runtime | dtype | prefill tokens/s | decode tokens/s | same greedy tokens |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+    ])
+
+
+def first_line(text: str) -> str:
+    return text.split("\n", 1)[0].strip()
+
+
+def bench_humaneval(model_dir: Path, limit: int = 0, dtype: str = "auto") -> str:
+    """A markdown table: exact match of the first line, latency, throughput of `tokenfill batch`."""
+    if not HUMANEVAL_SINGLE.is_file():
+        return f"skipped: {HUMANEVAL_SINGLE} is absent (the benchmark data lives in ../shared)"
+    with gzip.open(HUMANEVAL_SINGLE, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    if limit:
+        rows = rows[:limit]
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks, out = Path(tmp) / "tasks.jsonl", Path(tmp) / "out.jsonl"
+        with open(tasks, "w") as f:
+            for i, row in enumerate(rows):
+                f.write(json.dumps({"id": f"{row['task_id']}#{i}", "prefix": row["prompt"],
+                                    "suffix": row["suffix"]}) + "\n")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "tokenfill", "batch", str(tasks), "-o", str(out),
+                        "--model", str(model_dir), "--dtype", dtype, "--max-tokens", "64"],
+                       check=True)
+        wall = time.perf_counter() - start
+        results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == len(rows), "tokenfill batch dropped tasks"
+    exact = sum(first_line(r["completion"]) == first_line(row["canonical_solution"])
+                for r, row in zip(results, rows))
+    ms = sorted(r["ms"] for r in results)
+    p50, p95 = ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.95))]
+    tokens = statistics.mean(r["tokens"] for r in results)
+    return "\n".join([
+        header(f"tokenfill bench humaneval --model {model_dir.name}" +
+               (f" --limit {limit}" if limit else "")),
+        "",
+        "| tasks | first-line exact match | ms p50 | ms p95 | completions/s (incl. load) | "
+        "tokens/completion |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {len(rows)} | {exact / len(rows) * 100:.1f}% ({exact}) | {p50:.0f} | {p95:.0f} | "
+        f"{len(rows) / wall:.1f} | {tokens:.1f} |",
+    ])

@@ -1,0 +1,256 @@
+"""The `tokenfill` command: complete, batch, train, corpus, bench, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .checkpoint import BUNDLED_MODEL
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+class UsageError(Exception):
+    """Bad input from the command line: printed as `tokenfill: error: ...`, exit status 2."""
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
+                   help="checkpoint directory in Hugging Face layout (default: the bundled model)")
+    p.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="weights' dtype; auto: bf16 on CPUs with fast bf16, else fp32")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenfill", description="Code completion at the cursor "
+                                     "from a local language model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("complete", help="print the completion at a cursor in a file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
+    p.add_argument("--column", type=int, required=True,
+                   help="1-based column of the cursor, in characters (1: before the first)")
+    add_model_options(p)
+
+    p = sub.add_parser("batch", help="complete every task of a JSON-lines file")
+    p.add_argument("input", type=Path, help="JSON lines with id, prefix, suffix")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    add_model_options(p)
+
+    p = sub.add_parser("demo", help="complete a few cursors of an example file")
+    add_model_options(p)
+
+    p = sub.add_parser("train", help="train the bundled model's recipe")
+    p.add_argument("--run", type=Path, default=Path("runs/small"),
+                   help="working directory: corpus, tokenizer, resumable state (default runs/small)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to export the checkpoint and model card (e.g. models/tokenfill-small)")
+    p.add_argument("--preset", default="small", help="model size: small, base, tiny")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="time budget; the schedule anneals to finish within it (0: none)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=768)
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--no-resume", action="store_true", help="start over even if a state exists")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("corpus", help="build the training corpus and print what it holds")
+    p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
+
+    p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
+    p.add_argument("what", choices=["runtime", "humaneval"])
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0: all)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="runtime: the dtype to measure (auto: both); humaneval: as for complete")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"tokenfill: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def load_engine(args: argparse.Namespace):
+    from .checkpoint import CheckpointError
+    from .completion import Engine
+    from .fim import FimUnsupportedError
+
+    try:
+        return Engine.load(args.model, dtype=args.dtype)
+    except (CheckpointError, FimUnsupportedError, FileNotFoundError, ValueError) as e:
+        raise UsageError(f"cannot load model {args.model}: {e}") from e
+
+
+def sampling_of(args: argparse.Namespace):
+    from .generate import Sampling
+
+    if args.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
+    try:
+        return Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def cursor_offset(text: str, line: int, column: int, name: str = "the file") -> int:
+    """Character offset of a 1-based (line, column) cursor; column counts characters."""
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines):
+        raise UsageError(f"line {line} is outside {name}, which has {len(lines)} lines")
+    width = len(lines[line - 1].removesuffix("\r"))
+    if not 1 <= column <= width + 1:
+        raise UsageError(f"column {column} is outside line {line} of {name}, which has {width} "
+                         f"characters (columns 1 to {width + 1})")
+    return sum(len(x) + 1 for x in lines[:line - 1]) + column - 1
+
+
+def read_source(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    text = read_source(args.file)
+    offset = cursor_offset(text, args.line, args.column, str(args.file))
+    sampling = sampling_of(args)
+    engine = load_engine(args)
+    result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
+                             sampling=sampling)
+    print(result.text)
+    return 0
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from tqdm import tqdm
+
+    if not args.input.is_file():
+        raise UsageError(f"{args.input}: no such file")
+    sampling = sampling_of(args)
+    engine = load_engine(args)
+    with open(args.input, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    done = skipped = 0
+    with open(args.output, "w", encoding="utf-8") as out:
+        for number, line in enumerate(tqdm(lines, desc="completing", unit="task"), start=1):
+            if not line.strip():
+                continue
+            try:
+                task = parse_task(line)
+            except ValueError as e:
+                tqdm.write(f"{args.input}:{number}: skipped: {e}", file=sys.stderr)
+                skipped += 1
+                continue
+            start = time.perf_counter()
+            result = engine.complete(task["prefix"], task.get("suffix", ""),
+                                     max_tokens=args.max_tokens, sampling=sampling)
+            task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
+                        tokens=result.tokens)
+            out.write(json.dumps(task, ensure_ascii=False) + "\n")
+            out.flush()
+            done += 1
+    print(f"{done} completed, {skipped} skipped -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def parse_task(line: str) -> dict:
+    """One batch task; ValueError says what is wrong with it."""
+    import json
+
+    try:
+        task = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(task, dict):
+        raise ValueError("a task must be a JSON object with id, prefix and suffix")
+    if "id" not in task:
+        raise ValueError("missing field 'id'")
+    for key in ("prefix", "suffix"):
+        if not isinstance(task.get(key, ""), str):
+            raise ValueError(f"field {key!r} must be a string")
+    if "prefix" not in task:
+        raise ValueError("missing field 'prefix'")
+    return task
+
+
+DEMO_FILE = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+DEMO_CURSORS = [  # (line, column) in examples/demo.py
+    (8, 24), (14, 22), (20, 5), (29, 14),
+]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    text = read_source(DEMO_FILE)
+    sampling = sampling_of(args)
+    engine = load_engine(args)
+    print(f"tokenfill demo: model {args.model}, file {DEMO_FILE.name}\n")
+    for line, column in DEMO_CURSORS:
+        offset = cursor_offset(text, line, column)
+        result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
+                                 sampling=sampling)
+        shown = text[:offset].rsplit("\n", 1)[-1]
+        print(f"line {line}, column {column}:  {shown}\u2502")
+        print(f"  completion ({result.tokens} tokens, {result.total_ms:.0f} ms): {result.text!r}\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainArgs, train
+
+    train(TrainArgs(run=args.run, out=args.out, preset=args.preset, steps=args.steps,
+                    max_minutes=args.max_minutes, batch_size=args.batch_size, seq_len=args.seq_len,
+                    vocab_size=args.vocab_size, lr=args.lr, eval_every=args.eval_every,
+                    save_every=args.save_every, resume=not args.no_resume,
+                    benchmark_dir=SHARED_DATA if SHARED_DATA.is_dir() else None,
+                    progress=not args.no_progress))
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from . import corpus
+
+    stats = corpus.build(corpus.Manifest.load(), args.out,
+                         benchmark_dir=SHARED_DATA if SHARED_DATA.is_dir() else None)
+    print(stats)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    if args.what == "runtime":
+        dtypes = ("fp32", "bf16") if args.dtype == "auto" else (args.dtype,)
+        print(bench.bench_runtime(args.model, dtypes=dtypes))
+    else:
+        print(bench.bench_humaneval(args.model, limit=args.limit, dtype=args.dtype))
+    return 0
+
+
+COMMANDS = {"complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
+            "corpus": cmd_corpus, "bench": cmd_bench}

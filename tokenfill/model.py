@@ -1,0 +1,304 @@
+"""A compact Llama-family decoder (Llama, Qwen2 / Qwen2.5-Coder, the bundled model) and its KV cache.
+
+The network takes token ids and returns logits; it knows nothing of text. Parameter names follow the
+Hugging Face layout (minus the leading `model.`), so checkpoints load without renaming tables.
+`forward` is the fast path (preallocated KV cache, scaled-dot-product attention, grouped-query
+attention without copying heads); `reference_logits` is the slow, obviously correct path (full
+recompute, explicit softmax attention, heads repeated) that tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    head_dim: int | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q, k, v projections (Qwen2 always has it)
+    model_type: str = "llama"
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        assert self.num_attention_heads % self.num_key_value_heads == 0
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> ModelConfig:
+        """Build from a Hugging Face config.json dict; refuse what this runtime does not implement."""
+        model_type = cfg.get("model_type", "llama")
+        if model_type not in ARCHITECTURES:
+            raise ValueError(f"model_type {model_type!r} is not supported; "
+                             f"supported: {', '.join(sorted(ARCHITECTURES))}")
+        scaling = cfg.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise ValueError(f"rope_scaling {scaling!r} is not supported by this runtime")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
+        if cfg.get("mlp_bias"):
+            raise ValueError("mlp_bias is not supported")
+        known = {f.name for f in fields(cls)}
+        args = {k: v for k, v in cfg.items() if k in known and v is not None}
+        args.setdefault("num_key_value_heads", cfg["num_attention_heads"])
+        args["model_type"] = model_type
+        ARCHITECTURES[model_type](args)
+        return cls(**args)
+
+    def to_hf(self) -> dict:
+        return {
+            "architectures": [HF_CLASS[self.model_type]],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "hidden_act": "silu",
+            "torch_dtype": "bfloat16",
+        }
+
+    def num_parameters(self) -> int:
+        d, hd = self.hidden_size, self.head_dim
+        attn = d * hd * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
+        layer = attn + 3 * d * self.intermediate_size + 2 * d
+        embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * layer + embed + d
+
+
+def _llama(args: dict) -> None:
+    args.setdefault("attention_bias", False)
+
+
+def _qwen2(args: dict) -> None:
+    args["attention_bias"] = True  # Qwen2 has biases on q, k and v (not on o)
+
+
+# model_type -> adjustments of the config; the network is the same for all.
+ARCHITECTURES = {"llama": _llama, "qwen2": _qwen2}
+HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for every layer: (layers, batch, kv_heads, max_seq, head_dim)."""
+
+    def __init__(self, config: ModelConfig, batch: int, max_seq: int, dtype: torch.dtype):
+        super().__init__()
+        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_seq, config.head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    @property
+    def max_seq(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (batch, kv_heads, T, head_dim) at [start, start+T); return all keys so far."""
+        end = start + k.shape[2]
+        assert end <= self.max_seq, f"KV cache overflow: {end} > {self.max_seq}"
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def move(self, src: Tensor, dst_start: int) -> None:
+        """Copy the entries at positions `src` (1-D index tensor) to [dst_start, dst_start+len(src))."""
+        n = src.numel()
+        self.k[:, :, :, dst_start:dst_start + n] = self.k.index_select(3, src)
+        self.v[:, :, :, dst_start:dst_start + n] = self.v.index_select(3, src)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_tables(config: ModelConfig, positions: Tensor) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (T, head_dim) for the given positions (half-rotation layout)."""
+    hd = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: (B, heads, T, hd); cos, sin: (T, hd)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos.to(x.dtype) + rotated * sin.to(x.dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, hd = config.hidden_size, config.head_dim
+        self.n_head, self.n_kv, self.hd = config.num_attention_heads, config.num_key_value_heads, hd
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(d, self.n_head * hd, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv * hd, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv * hd, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * hd, d, bias=False)
+
+    def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, KV, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None, layer: int, start: int) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x, cos, sin)
+        if cache is None:  # training: one causal pass, fused kernel
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=self.n_kv != self.n_head)
+        else:
+            k, v = cache.update(layer, start, k, v)
+            y = grouped_attention(q, k, v, mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention with each kv head serving its group of query heads, without copying kv heads.
+
+    q (B, H, T, hd); k, v (B, KV, S, hd); mask (T, S) bool or None -> (B, H, T, hd). Two matmuls
+    and a softmax: for the short queries of decoding this beats the fused CPU kernel's set-up cost.
+    """
+    B, H, T, hd = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    rep = H // KV
+    scores = q.reshape(B, KV, rep * T, hd) @ k.transpose(-1, -2) * (hd ** -0.5)  # (B, KV, rep*T, S)
+    if mask is not None:
+        scores = scores.view(B, KV, rep, T, S).masked_fill(~mask, float("-inf"))
+        scores = scores.view(B, KV, rep * T, S)
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return (probs @ v).view(B, H, T, hd)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, *,
+                positions: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Logits (B, T, vocab) in float32 for `tokens` (B, T) placed at cache positions [start, start+T).
+
+        Without a cache: a plain causal pass (training). With a cache: keys and values are written
+        at [start, start+T) and each query attends to everything before it. `positions` (T,)
+        overrides the RoPE positions and `mask` (T, start+T) bool the attention pattern: both are
+        for draft trees, whose nodes sit in cache slots but at positions given by their depth.
+        """
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(start, start + T)
+        if cache is not None and mask is None and T > 1:
+            mask = causal_mask(start, T)
+        cos, sin = rope_tables(self.config, positions)
+        x = self.embed_tokens(tokens)
+        for i, block in enumerate(self.layers):
+            h = block.input_layernorm(x)
+            x = x + block.self_attn(h, cos, sin, mask, cache, i, start)
+            x = x + block.mlp(block.post_attention_layernorm(x))
+        return self.lm_head(self.norm(x)).float()
+
+    def new_cache(self, batch: int = 1, max_seq: int | None = None) -> KVCache:
+        max_seq = max_seq or self.config.max_position_embeddings
+        return KVCache(self.config, batch, max_seq, self.embed_tokens.weight.dtype)
+
+    @classmethod
+    def init_random(cls, config: ModelConfig, seed: int = 0) -> Transformer:
+        """A freshly initialised network (GPT-2 style scaled init) for training and tests."""
+        torch.manual_seed(seed)
+        model = cls(config)
+        std = 0.02
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in name:
+                nn.init.ones_(p)
+            elif p.dim() == 1:
+                nn.init.zeros_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, std=std / math.sqrt(2 * config.num_hidden_layers))
+            else:
+                nn.init.normal_(p, std=std)
+        return model
+
+
+def causal_mask(start: int, T: int) -> Tensor:
+    """(T, start+T) bool: query i (at position start+i) sees keys 0..start+i."""
+    return torch.arange(start + T)[None, :] <= torch.arange(start, start + T)[:, None]
+
+
+@torch.no_grad()
+def reference_logits(model: Transformer, tokens: Tensor) -> Tensor:
+    """Slow reference: full recompute with explicit attention, no cache, no SDPA, no GQA tricks."""
+    cfg = model.config
+    B, T = tokens.shape
+    cos, sin = rope_tables(cfg, torch.arange(T))
+    x = model.embed_tokens(tokens)
+    for block in model.layers:
+        attn = block.self_attn
+        q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)
+        rep = attn.n_head // attn.n_kv
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.hd)
+        scores = scores.masked_fill(~causal_mask(0, T), float("-inf"))
+        y = (scores.softmax(-1) @ v.float()).to(x.dtype)
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        x = x + block.mlp(block.post_attention_layernorm(x))
+    return model.lm_head(model.norm(x)).float()
