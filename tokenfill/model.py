@@ -223,6 +223,11 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: KVCache | None, layer: int, start: int) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
 
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
@@ -252,9 +257,7 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(self.config, positions)
         x = self.embed_tokens(tokens)
         for i, block in enumerate(self.layers):
-            h = block.input_layernorm(x)
-            x = x + block.self_attn(h, cos, sin, mask, cache, i, start)
-            x = x + block.mlp(block.post_attention_layernorm(x))
+            x = block(x, cos, sin, mask, cache, i, start)
         return self.lm_head(self.norm(x)).float()
 
     def new_cache(self, batch: int = 1, max_seq: int | None = None) -> KVCache:
