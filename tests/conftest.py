@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -49,5 +50,23 @@ def model_dir(tmp_path_factory, tokenizer, tiny_model) -> Path:
     """A checkpoint directory in Hugging Face layout holding the tiny model (fp32)."""
     path = tmp_path_factory.mktemp("tiny-model")
     save_model(tiny_model, path, dtype=torch.float32)
+    tokenizer.save(path / "tokenizer.json")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chatty_model_dir(tmp_path_factory, tokenizer, tiny_model) -> Path:
+    """A model that only ever says 'a' or 'b': no newline, no end token, so it runs to its limit."""
+    model = Transformer(dataclasses.replace(tiny_model.config, max_position_embeddings=4096))
+    model.load_state_dict(tiny_model.state_dict())
+    a, b = tokenizer.encode("a")[0], tokenizer.encode("b")[0]
+    with torch.no_grad():
+        model.norm.weight.zero_()
+        model.norm.weight[0] = 1.0                # the final hidden state is one signed number
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[a, 0] = 50.0         # positive: 'a', negative: 'b'
+        model.lm_head.weight[b, 0] = -50.0
+    path = tmp_path_factory.mktemp("chatty-model")
+    save_model(model, path, dtype=torch.float32)
     tokenizer.save(path / "tokenizer.json")
     return path

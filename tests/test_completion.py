@@ -60,4 +60,41 @@ def test_checkpoint_without_fim_tokens_is_refused(model_dir, tmp_path):
 
 def test_bad_max_tokens(engine):
     with pytest.raises(ValueError, match="max_tokens"):
-        engine.complete("x", "", max_tokens=0)
+        engine.complete("x", "", max_tokens=-1)
+
+
+def test_slot_reuse_gives_the_same_completion_with_less_work(engine):
+    from tokenfill.slots import SlotPool
+
+    pool = SlotPool(engine.model, n_slots=2, max_seq=engine.context)
+    prefix = "".join(f"name_{i} = {i}\n" for i in range(20)) + "def f(x):\n    return "
+    fresh = engine.complete(prefix, "\n", max_tokens=6)
+    first = engine.complete(prefix, "\n", max_tokens=6, slots=pool)
+    typed = engine.complete(prefix + "x", "\n", max_tokens=6, slots=pool)   # one more keystroke
+    again = engine.complete(prefix + "x", "\n", max_tokens=6)
+    assert first.text == fresh.text and typed.text == again.text
+    assert first.prompt_evaluated == first.prompt_tokens
+    assert typed.prompt_evaluated < typed.prompt_tokens // 4
+    assert pool.stats.hits == 1
+    off = engine.complete(prefix + "x", "\n", max_tokens=6, slots=pool, reuse=False)
+    assert off.prompt_evaluated == off.prompt_tokens and off.text == again.text
+
+
+def test_warm_up_fills_a_slot(engine):
+    from tokenfill.slots import SlotPool
+
+    pool = SlotPool(engine.model, n_slots=1, max_seq=engine.context)
+    warm = engine.complete("import os\nimport sys\n", "", max_tokens=0, slots=pool)
+    assert warm.text == "" and warm.tokens == 0
+    after = engine.complete("import os\nimport sys\n", "", max_tokens=4, slots=pool)
+    assert after.prompt_evaluated < after.prompt_tokens
+
+
+def test_streamed_pieces_add_up_and_abort_stops(engine):
+    pieces = []
+    result = engine.complete("def f():\n    ", "\n", max_tokens=20, on_text=pieces.append)
+    assert "".join(pieces) == result.text
+    calls = []
+    aborted = engine.complete("x = ", "", max_tokens=20, single_line=False,
+                              abort=lambda: calls.append(1) or len(calls) >= 2)
+    assert aborted.finish_reason in ("aborted", "stop") and aborted.tokens <= 2

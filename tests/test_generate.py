@@ -60,3 +60,23 @@ def test_sampling_options_are_checked():
         Sampling(temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         Sampling(top_p=0)
+
+
+def test_top_k_and_min_p_filter():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    g = torch.Generator().manual_seed(1)
+    assert {sample(logits, Sampling(temperature=1.0, top_k=2), g) for _ in range(300)} == {0, 1}
+    assert {sample(logits, Sampling(temperature=1.0, min_p=0.25), g) for _ in range(300)} == {0, 1, 2}
+    with pytest.raises(ValueError, match="top_k"):
+        Sampling(top_k=-1)
+
+
+def test_reused_cache_gives_the_same_tokens(tiny_model):
+    prompt = list(range(10, 30))
+    cache = tiny_model.new_cache(1, 64)
+    first = generate(tiny_model, prompt, 6, cache=cache)
+    assert first.cache_valid == len(prompt) + 5 and first.prompt_evaluated == len(prompt)
+    longer = prompt + [7, 8]
+    again = generate(tiny_model, longer, 6, cache=cache, cached=len(prompt))
+    assert again.prompt_evaluated == 2
+    assert again.tokens == generate(tiny_model, longer, 6).tokens

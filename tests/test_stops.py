@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenfill.stops import LineStop, valid_utf8_prefix
+from tokenfill.stops import StopRule, valid_utf8_prefix
 
 # (prefix, suffix, raw model output, expected completion, stops before the output ends)
 CASES = [
@@ -32,7 +32,7 @@ CASES = [
 
 @pytest.mark.parametrize("prefix,suffix,raw,expected,stops", CASES)
 def test_line_rule(tokenizer, prefix, suffix, raw, expected, stops):
-    stop = LineStop(tokenizer, prefix, suffix)
+    stop = StopRule(tokenizer, prefix, suffix)
     stopped = False
     for token in tokenizer.encode(raw):
         if stop(token):
@@ -43,7 +43,7 @@ def test_line_rule(tokenizer, prefix, suffix, raw, expected, stops):
 
 
 def test_multibyte_characters_are_never_split(tokenizer):
-    stop = LineStop(tokenizer, "s = '", "'\n")
+    stop = StopRule(tokenizer, "s = '", "'\n")
     data = "é✓日".encode()
     byte_ids = [i for b in data for i, tb in enumerate(tokenizer.token_bytes) if tb == bytes([b])]
     assert len(byte_ids) == len(data)
@@ -57,3 +57,41 @@ def test_multibyte_characters_are_never_split(tokenizer):
 def test_valid_utf8_prefix():
     assert valid_utf8_prefix("ab✓".encode()[:-1]) == "ab"
     assert valid_utf8_prefix(b"") == ""
+
+
+@pytest.mark.parametrize("prefix,raw,stops,expected", [
+    ("x = ", "foo(1) # done", ("#",), "foo(1) "),
+    ("x = ", "foo(bar)", (")", "("), "foo"),
+    ("def f():\n    ", "a = 1\n    b = 2", ("b",), "a = 1\n    "),
+])
+def test_stop_strings(tokenizer, prefix, raw, stops, expected):
+    stop = StopRule(tokenizer, prefix, "\n", stop_strings=stops)
+    for token in tokenizer.encode(raw):
+        if stop(token):
+            break
+    assert stop.text() == expected
+
+
+def test_n_indent_ends_a_block_at_shallower_lines(tokenizer):
+    stop = StopRule(tokenizer, "class A:\n    def f(self):\n", "", n_indent=8)
+    for token in tokenizer.encode("        x = 1\n    def g(self):\n"):
+        if stop(token):
+            break
+    assert stop.text() == "        x = 1"
+
+
+@pytest.mark.parametrize("prefix,suffix,raw,stops", [case[:3] + ((),) for case in CASES] + [
+    ("x = ", "\n", "foo(1) # done", ("# d", "zz")),
+    ("def f():\n    ", "\n", "a = 1\n    b = 2 # x\nz", ("# x",)),
+])
+def test_committed_text_is_never_taken_back(tokenizer, prefix, suffix, raw, stops):
+    stop = StopRule(tokenizer, prefix, suffix, stop_strings=stops)
+    sent = ""
+    for token in tokenizer.encode(raw):
+        done = stop(token)
+        committed = stop.committed()
+        assert committed.startswith(sent) and stop.text().startswith(committed)
+        sent = committed
+        if done:
+            break
+    assert stop.text().startswith(sent)

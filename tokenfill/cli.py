@@ -43,6 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True)
     add_model_options(p)
 
+    p = sub.add_parser("serve", help="serve completions over HTTP (OpenAI, Mistral FIM, "
+                                     "llama.cpp /infill, Ollama)")
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
+                   help="checkpoint directory in Hugging Face layout (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every request but /health")
+    p.add_argument("--slots", type=int, default=4, help="KV cache slots kept for reuse (default 4)")
+    p.add_argument("--no-cache-reuse", action="store_true",
+                   help="recompute every prompt from scratch (for comparison)")
+    p.add_argument("--max-body-bytes", type=int, default=2 * 2**20,
+                   help="larger request bodies get 413 (default 2 MiB)")
+    p.add_argument("--max-tokens", type=int, default=64,
+                   help="tokens to generate when a request does not say (default 64)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+
     p = sub.add_parser("demo", help="complete a few cursors of an example file")
     add_model_options(p)
 
@@ -220,6 +237,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from .server import ServerSettings, create_app
+
+    for needed in ("config.json", "tokenizer.json"):
+        if not (args.model / needed).is_file():
+            raise UsageError(f"cannot serve {args.model}: no {needed} there")
+    if args.slots < 1:
+        raise UsageError("--slots must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = ServerSettings(model=args.model, dtype=args.dtype, api_key=args.api_key,
+                              max_body_bytes=args.max_body_bytes, n_slots=args.slots,
+                              cache_reuse=not args.no_cache_reuse,
+                              default_max_tokens=args.max_tokens)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainArgs, train
 
@@ -252,5 +290,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
+COMMANDS = {"serve": cmd_serve, "complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
             "corpus": cmd_corpus, "bench": cmd_bench}

@@ -20,7 +20,9 @@ from .model import KVCache, Transformer
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.0   # 0: greedy
-    top_p: float = 1.0
+    top_p: float = 1.0         # nucleus: smallest set of tokens with this much probability
+    top_k: int = 0             # 0: no limit
+    min_p: float = 0.0         # drop tokens below min_p times the most likely one's probability
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -28,6 +30,10 @@ class Sampling:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
 
     def generator(self) -> torch.Generator | None:
         if self.temperature == 0:
@@ -38,10 +44,16 @@ class Sampling:
 
 
 def sample(logits: Tensor, sampling: Sampling, generator: torch.Generator | None) -> int:
-    """One token id from logits (vocab,): argmax when greedy, else temperature + nucleus sampling."""
+    """One token id from logits (vocab,): argmax when greedy, else temperature, top-k, min-p, top-p."""
     if sampling.temperature == 0:
         return int(logits.argmax())
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    logits = logits.float() / sampling.temperature
+    if 0 < sampling.top_k < logits.numel():
+        kth = logits.topk(sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.min_p > 0:
+        probs = probs.masked_fill(probs < sampling.min_p * probs.max(), 0)
     if sampling.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p  # keeps at least one
@@ -63,6 +75,8 @@ def decode_one(model: Transformer, cache: KVCache, token: int, pos: int) -> Tens
 class Generation:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str = "length"      # "stop" (end token or stop rule) or "length"
+    prompt_evaluated: int = 0          # prompt tokens run through the model (the rest were cached)
+    cache_valid: int = 0               # cache positions holding (prompt + tokens)[:cache_valid]
     prefill_s: float = 0.0
     decode_s: float = 0.0
 
@@ -71,17 +85,21 @@ class Generation:
 def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
              end_ids: frozenset[int] = frozenset(), sampling: Sampling = Sampling(),
              should_stop: Callable[[int], bool] | None = None,
-             cache: KVCache | None = None) -> Generation:
+             cache: KVCache | None = None, cached: int = 0) -> Generation:
     """Generate up to `max_new_tokens` after `prompt`.
 
     Stops at a token in `end_ids` (not included in the output) or when `should_stop(token)` says
-    so after that token was appended.
+    so after that token was appended. With `cache`, its first `cached` positions must already hold
+    `prompt[:cached]` (KV reuse): only the rest of the prompt is run.
     """
     out = Generation()
     if cache is None:
-        cache = model.new_cache(1, len(prompt) + max_new_tokens)
+        cache, cached = model.new_cache(1, len(prompt) + max_new_tokens), 0
+    cached = min(cached, len(prompt) - 1)  # the last prompt token is always run: its logits are needed
     t0 = time.perf_counter()
-    logits = prefill(model, cache, prompt)
+    logits = prefill(model, cache, prompt[cached:], cached)
+    out.prompt_evaluated = len(prompt) - cached
+    out.cache_valid = len(prompt)
     out.prefill_s = time.perf_counter() - t0
     generator = sampling.generator()
     t0 = time.perf_counter()
@@ -96,5 +114,6 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
             break
         if i + 1 < max_new_tokens:
             logits = decode_one(model, cache, token, len(prompt) + i)
+            out.cache_valid += 1
     out.decode_s = time.perf_counter() - t0
     return out

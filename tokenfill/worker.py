@@ -1,0 +1,121 @@
+"""The one model worker: a thread that runs queued completion jobs, one at a time.
+
+Who runs next is the queue's business (first in, first out); how it runs is the engine's. A job
+is aborted between two decode steps when its client goes away or when a newer job with the same
+key arrives (the newer one supersedes it). Events go back to the asyncio loop that submitted the
+job: ("text", piece) as text becomes final, then ("done", Completion) or ("error", message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .completion import Completion, Engine
+from .slots import SlotPool
+
+log = logging.getLogger("tokenfill.worker")
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    options: dict[str, Any]                  # keyword arguments of Engine.complete
+    key: str | None = None                   # jobs with the same key supersede each other
+    id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = ""
+    submitted: float = field(default_factory=time.perf_counter)
+    queue_ms: float = 0.0
+
+    def cancel(self, reason: str) -> None:
+        if not self.cancelled.is_set():
+            self.cancel_reason = reason
+            self.cancelled.set()
+
+    def emit(self, kind: str, value: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+@dataclass
+class WorkerStats:
+    completed: int = 0
+    aborted: int = 0
+    superseded: int = 0
+    failed: int = 0
+
+
+class Worker:
+    def __init__(self, engine: Engine, *, n_slots: int = 4, reuse: bool = True):
+        self.engine = engine
+        self.slots = SlotPool(engine.model, n_slots, engine.context)
+        self.reuse = reuse
+        self.stats = WorkerStats()
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._latest: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="tokenfill-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if job.key is not None:
+            with self._lock:
+                older = self._latest.get(job.key)
+                self._latest[job.key] = job
+            if older is not None and not older.cancelled.is_set():
+                older.cancel("superseded")
+                self.stats.superseded += 1
+        self._queue.put(job)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job.queue_ms = (time.perf_counter() - job.submitted) * 1000
+            try:
+                if job.cancelled.is_set():  # cancelled while queued: no model time spent
+                    self.stats.aborted += 1
+                    result = Completion("", 0, "aborted", 0, 0, 0.0, 0.0, 0.0)
+                    log_job(job, result)
+                    job.emit("done", result)
+                    continue
+                options = dict(job.options)
+                reuse = self.reuse and options.pop("cache_prompt", True)
+                result = self.engine.complete(
+                    **options, slots=self.slots, reuse=reuse, abort=job.cancelled.is_set,
+                    on_text=lambda piece: job.emit("text", piece))
+                if result.finish_reason == "aborted":
+                    self.stats.aborted += 1
+                else:
+                    self.stats.completed += 1
+                log_job(job, result)
+                job.emit("done", result)
+            except Exception as e:  # contained: one bad job never stops the worker
+                self.stats.failed += 1
+                log.exception("%s failed", job.id)
+                job.emit("error", f"{type(e).__name__}: {e}")
+            finally:
+                if job.key is not None:
+                    with self._lock:
+                        if self._latest.get(job.key) is job:
+                            del self._latest[job.key]
+
+
+def log_job(job: Job, result: Completion) -> None:
+    log.info("%s completion: queue=%.1fms prompt=%.1fms (%d of %d tokens evaluated) "
+             "generation=%.1fms (%d tokens) %s%s", job.id, job.queue_ms, result.prefill_ms,
+             result.prompt_evaluated, result.prompt_tokens, result.decode_ms, result.tokens,
+             result.finish_reason, f" ({job.cancel_reason})" if job.cancel_reason else "")
