@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test install bench clean
+.PHONY: serve demo test install bench clean browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,18 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 serve: $(VENV)/.installed
+	$(VENV)/bin/tokenfill serve
+
+demo: $(VENV)/.installed
 	$(VENV)/bin/tokenfill demo
 
-test: $(VENV)/.installed-test
+# The playground's browser test needs Debian's chromium; without it that test skips with a message.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "chromium could not be installed: the browser test will be skipped"; }
+
+test: $(VENV)/.installed-test browser
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test

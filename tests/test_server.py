@@ -272,3 +272,13 @@ def test_model_still_loading_gets_503():
     r = client.post("/v1/completions", json={"prompt": "a"})
     assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
     assert client.get("/health").status_code == 503
+
+
+def test_time_budget_ends_generation(server):
+    start = time.perf_counter()
+    r = httpx.post(server.url + "/infill", json={
+        "input_prefix": "t = ", "n_predict": 2000, "t_max_predict_ms": 300, "temperature": 0},
+        timeout=60).json()
+    elapsed = time.perf_counter() - start
+    assert r["stop_type"] == "limit" and 0 < r["timings"]["predicted_n"] < 2000
+    assert r["timings"]["predicted_ms"] < 300 + 1000 and elapsed < 10

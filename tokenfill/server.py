@@ -18,14 +18,14 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from .checkpoint import BUNDLED_MODEL
@@ -46,7 +46,7 @@ class ServerSettings:
     n_slots: int = 4
     cache_reuse: bool = True
     default_max_tokens: int = 64
-    open_paths: tuple[str, ...] = field(default=("/health",))   # reachable without the API key
+    open_paths: tuple[str, ...] = ("/health", "/")   # reachable without the API key
 
 
 def error_body(status: int, message: str) -> dict:
@@ -109,6 +109,14 @@ async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(status, message), status_code=status)
 
 
+PLAYGROUND = Path(__file__).resolve().parent / "static" / "playground.html"
+
+
+async def playground(request: Request) -> HTMLResponse:
+    """A code editor that shows completions as grey ghost text while you type (Tab accepts)."""
+    return HTMLResponse(PLAYGROUND.read_text())
+
+
 async def stats(request: Request) -> JSONResponse:
     """tokenfill's own counters: jobs completed / aborted / superseded / failed, KV slot reuse."""
     worker = request.app.state.worker
@@ -140,7 +148,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starle
             app.state.worker.close()
 
     routes = [*openai.ROUTES, *mistral.ROUTES, *llamacpp.ROUTES, *ollama.ROUTES,
-              Route("/stats", stats, methods=["GET"])]
+              Route("/stats", stats, methods=["GET"]), Route("/", playground, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPError: on_http_error, HTTPException: on_http_error,
                                         Exception: on_http_error})
