@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,37 +17,13 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from tokenfill.launch import ServerProcess
 from tokenfill.server import ServerSettings, create_app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(ServerProcess):
     def __init__(self, model_dir: Path, log_path: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenfill", "serve", "--model", str(model_dir),
-             "--port", str(self.port), "--dtype", "fp32", *args],
-            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, log_path.read_text()
-            time.sleep(0.2)
-        raise RuntimeError("server did not become healthy:\n" + log_path.read_text())
-
-    def log(self) -> str:
-        return self.log_path.read_text()
+        super().__init__(model_dir, log_path, "--dtype", "fp32", *args)
 
     def log_line(self, request_id: str, timeout: float = 10) -> str:
         """The worker's line for this request (its completion's timings and how it ended)."""
@@ -60,10 +34,6 @@ class Server:
                     return line
             time.sleep(0.1)
         raise AssertionError(f"no log line for {request_id}:\n{self.log()}")
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +83,9 @@ def test_llamacpp_infill_and_friends(server):
     after = httpx.post(server.url + "/infill", json={"input_prefix": "import os\n",
                                                      "n_predict": 2}).json()
     assert after["tokens_cached"] > 0
+    fresh = httpx.post(server.url + "/infill", json={"input_prefix": "import os\n", "n_predict": 2,
+                                                     "cache_prompt": False})
+    assert fresh.status_code == 200 and fresh.json()["tokens_cached"] == 0
     lines = httpx.post(server.url + "/infill", json={
         "input_prefix": "z = ", "n_predict": 3, "stream": True, "temperature": 0}).text.split("\n\n")
     chunks = [json.loads(x[len("data: "):]) for x in lines if x.startswith("data: ")]

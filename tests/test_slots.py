@@ -22,4 +22,5 @@ def test_acquire_prefers_longest_prefix_then_least_recent(tiny_model):
     assert again.ids == [1, 2, 3]
     off, n = pool.acquire([1, 2, 3, 4], reuse=False)
     assert n == 0 and off.ids == []
-    assert pool.stats.requests == 4 and pool.stats.hits == 1 and pool.stats.reused_tokens == 3
+    assert pool.stats.requests == 4 and pool.stats.hits == 1
+    assert pool.stats.prompt_tokens == 3 + 2 + 4 + 4 and pool.stats.evaluated_tokens == 3 + 2 + 1 + 4

@@ -85,11 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
 
     p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
-    p.add_argument("what", choices=["runtime", "humaneval"])
+    p.add_argument("what", choices=["runtime", "humaneval", "typing"])
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0: all)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="runtime: the dtype to measure (auto: both); humaneval: as for complete")
+    p.add_argument("--files", type=int, default=12, help="typing: held-out files to type in")
+    p.add_argument("--chars", type=int, default=120, help="typing: characters typed per file")
+    p.add_argument("--cps", type=float, default=15.0, help="typing: characters per second")
+    p.add_argument("--load-clients", type=int, default=8, help="typing: concurrent typists")
+    p.add_argument("--load-seconds", type=float, default=60.0, help="typing: load phase length")
     return parser
 
 
@@ -282,7 +287,12 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    if args.what == "runtime":
+    if args.what == "typing":
+        from . import typing_bench
+
+        print(typing_bench.run(args.model, files=args.files, chars=args.chars, cps=args.cps,
+                               load_clients=args.load_clients, load_seconds=args.load_seconds))
+    elif args.what == "runtime":
         dtypes = ("fp32", "bf16") if args.dtype == "auto" else (args.dtype,)
         print(bench.bench_runtime(args.model, dtypes=dtypes))
     else:

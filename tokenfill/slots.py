@@ -32,7 +32,8 @@ class Slot:
 class SlotStats:
     requests: int = 0
     hits: int = 0              # requests that reused at least one cached token
-    reused_tokens: int = 0
+    prompt_tokens: int = 0
+    evaluated_tokens: int = 0  # prompt tokens run through the model (the rest came from a slot)
 
 
 class SlotPool:
@@ -55,5 +56,6 @@ class SlotPool:
         best.ids = best.ids[:best_len]  # positions past the shared prefix are about to be overwritten
         self.stats.requests += 1
         self.stats.hits += best_len > 0
-        self.stats.reused_tokens += best_len
+        self.stats.prompt_tokens += len(prompt)
+        self.stats.evaluated_tokens += len(prompt) - min(best_len, len(prompt) - 1)
         return best, best_len

@@ -93,7 +93,7 @@ class Worker:
                     job.emit("done", result)
                     continue
                 options = dict(job.options)
-                reuse = self.reuse and options.pop("cache_prompt", True)
+                reuse = options.pop("cache_prompt", True) and self.reuse
                 result = self.engine.complete(
                     **options, slots=self.slots, reuse=reuse, abort=job.cancelled.is_set,
                     on_text=lambda piece: job.emit("text", piece))

@@ -1,0 +1,187 @@
+"""`tokenfill bench typing`: replay people typing real code through the HTTP API, as an editor does.
+
+A replay types a region of a held-out file (realcode.py: packages the model never saw) character by
+character at `cps` characters per second. Every keystroke sends one `/infill` request under the
+typist's `id_slot`; the client cancels its previous request if that one is still running (its
+answer would be stale), which aborts it on the server too. A completion is *shown* when it arrives
+before the next keystroke (or at the end of the region). The replay runs twice in one command,
+against a server with KV reuse and one started with `--no-cache-reuse`; then a load phase runs
+several typists at once against one server and watches for errors and memory growth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from . import realcode
+from .launch import ServerProcess
+
+
+@dataclass
+class Region:
+    path: str
+    before: str
+    typed: str
+    after: str
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    shown: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    status_5xx: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def regions(n: int, chars: int, seed: int) -> list[Region]:
+    """`n` regions of `chars` characters, each starting at a `def` line of a different file."""
+    rng = random.Random(seed)
+    files = realcode.files()
+    rng.shuffle(files)
+    out = []
+    for path, text in files:
+        starts = [i for i, line in enumerate(text.splitlines(keepends=True))
+                  if line.lstrip().startswith("def ")]
+        if not starts:
+            continue
+        lines = text.splitlines(keepends=True)
+        offset = sum(len(x) for x in lines[:rng.choice(starts)])
+        if len(text) - offset < chars:
+            continue
+        out.append(Region(path, text[:offset], text[offset:offset + chars],
+                          text[offset + chars:]))
+        if len(out) == n:
+            break
+    return out
+
+
+async def _request(client: httpx.AsyncClient, url: str, region: Region, typed: int, slot: int,
+                   n_predict: int, tally: Tally) -> None:
+    start = time.perf_counter()
+    tally.sent += 1
+    try:
+        r = await client.post(url + "/infill", json={
+            "input_prefix": region.before + region.typed[:typed],
+            "input_suffix": region.after,  # the rest of the region is not typed yet
+            "n_predict": n_predict, "temperature": 0, "cache_prompt": True, "id_slot": slot})
+    except httpx.HTTPError:
+        tally.errors += 1
+        return
+    if r.status_code != 200:
+        tally.errors += 1
+        tally.status_5xx += r.status_code >= 500
+        return
+    tally.shown += 1
+    tally.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+
+async def type_region(client: httpx.AsyncClient, url: str, region: Region, cps: float, slot: int,
+                      n_predict: int, tally: Tally) -> None:
+    loop = asyncio.get_running_loop()
+    start, task = loop.time(), None
+    for i in range(1, len(region.typed) + 1):
+        if task is not None and not task.done():
+            task.cancel()
+            tally.cancelled += 1
+        task = asyncio.create_task(_request(client, url, region, i, slot, n_predict, tally))
+        await asyncio.sleep(max(0.0, start + i / cps - loop.time()))
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def replay(url: str, todo: list[Region], cps: float, n_predict: int, slot: int = 1) -> Tally:
+    tally = Tally()
+    async with httpx.AsyncClient(timeout=60) as client:
+        for region in todo:
+            await type_region(client, url, region, cps, slot, n_predict, tally)
+    return tally
+
+
+async def load(url: str, todo: list[Region], clients: int, seconds: float, cps: float,
+               n_predict: int) -> Tally:
+    tally = Tally()
+    deadline = time.monotonic() + seconds
+
+    async def typist(k: int) -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            i = k
+            while time.monotonic() < deadline:
+                await type_region(client, url, todo[i % len(todo)], cps, 100 + k, n_predict, tally)
+                i += clients
+
+    await asyncio.gather(*(typist(k) for k in range(clients)))
+    return tally
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_predict: int = 16,
+        load_clients: int = 8, load_seconds: float = 60.0, seed: int = 0) -> str:
+    todo = regions(files, chars, seed)
+    rows, figures = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, args in [("on", ()), ("off", ("--no-cache-reuse",))]:
+            server = ServerProcess(model, Path(tmp) / f"{label}.log", *args)
+            try:
+                tally = asyncio.run(replay(server.url, todo, cps, n_predict))
+                stats = httpx.get(server.url + "/stats").json()
+            finally:
+                server.stop()
+            slots, worker = stats["slots"], stats["worker"]
+            ran = worker["completed"] + worker["aborted"]
+            evaluated = slots["evaluated_tokens"] / max(slots["requests"], 1)
+            p50 = percentile(tally.latencies_ms, 0.5)
+            figures[label] = (p50, evaluated)
+            rows.append(
+                f"| {label} | {tally.sent} | {tally.shown} | {p50:.0f} | "
+                f"{percentile(tally.latencies_ms, 0.95):.0f} | {evaluated:.1f} | "
+                f"{slots['prompt_tokens'] / max(slots['requests'], 1):.0f} | "
+                f"{worker['aborted'] / max(ran, 1) * 100:.0f}% | "
+                f"{slots['hits'] / max(slots['requests'], 1) * 100:.0f}% | {tally.errors} |")
+        server = ServerProcess(model, Path(tmp) / "load.log")
+        try:
+            asyncio.run(replay(server.url, todo[:1], cps, n_predict))  # warm up
+            rss_before = server.rss_bytes()
+            tally = asyncio.run(load(server.url, todo, load_clients, load_seconds, cps, n_predict))
+            rss_after = server.rss_bytes()
+        finally:
+            server.stop()
+    (p_on, e_on), (p_off, e_off) = figures["on"], figures["off"]
+    return "\n".join([
+        f"{len(todo)} regions of {chars} characters from held-out files, typed at {cps:g} chars/s, "
+        f"one /infill request per keystroke (n_predict {n_predict}), the previous one cancelled.",
+        "",
+        "| KV reuse | requests | completions shown | shown ms p50 | shown ms p95 | "
+        "tokens evaluated / request | prompt tokens / request | aborted | cache hit rate | "
+        "errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"Reuse on vs off: p50 latency {ratio(p_on, p_off):.2f}x (target <= 0.4x), tokens "
+        f"evaluated per request {ratio(e_on, e_off):.3f}x (target <= 0.25x).",
+        "",
+        f"Load: {load_clients} typists for {load_seconds:g} s against one server: "
+        f"{tally.sent} requests, {tally.shown} completions shown, {tally.errors} errors, "
+        f"{tally.status_5xx} 5xx; resident memory {rss_before / 2**20:.0f} MiB -> "
+        f"{rss_after / 2**20:.0f} MiB ({(ratio(rss_after, rss_before) - 1) * 100:+.1f}%, "
+        f"target < +10%).",
+    ])
