@@ -98,3 +98,14 @@ def test_streamed_pieces_add_up_and_abort_stops(engine):
     aborted = engine.complete("x = ", "", max_tokens=20, single_line=False,
                               abort=lambda: calls.append(1) or len(calls) >= 2)
     assert aborted.finish_reason in ("aborted", "stop") and aborted.tokens <= 2
+
+
+def test_model_vocab_larger_than_tokenizer_never_yields_unknown_ids(tiny_model):
+    small = family_tokenizer(["<s>", "</s>"])
+    assert small.vocab_size < tiny_model.config.vocab_size
+    engine = Engine(tiny_model, small, require_fim=False)
+    for seed in range(5):
+        result = engine.complete("a = ", max_tokens=20, sampling=Sampling(temperature=5.0, seed=seed))
+        assert isinstance(result.text, str)
+    with pytest.raises(FimUnsupportedError, match="suffix"):
+        engine.complete("a = ", "b", max_tokens=2)

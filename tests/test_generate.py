@@ -80,3 +80,11 @@ def test_reused_cache_gives_the_same_tokens(tiny_model):
     again = generate(tiny_model, longer, 6, cache=cache, cached=len(prompt))
     assert again.prompt_evaluated == 2
     assert again.tokens == generate(tiny_model, longer, 6).tokens
+
+
+def test_ids_past_the_vocab_limit_are_never_sampled(tiny_model):
+    unlimited = generate(tiny_model, [1, 2, 3], 30, sampling=Sampling(temperature=5.0, seed=0))
+    assert max(unlimited.tokens) >= 100
+    limited = generate(tiny_model, [1, 2, 3], 30, sampling=Sampling(temperature=5.0, seed=0),
+                       vocab_limit=100)
+    assert max(limited.tokens) < 100

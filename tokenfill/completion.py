@@ -131,7 +131,8 @@ class Engine:
         with torch.inference_mode():
             gen = generate(self.model, prompt, max_tokens, end_ids=self.end_ids,
                            sampling=sampling, should_stop=should_stop,
-                           cache=slot.cache if slot else None, cached=cached)
+                           cache=slot.cache if slot else None, cached=cached,
+                           vocab_limit=len(self.tokenizer.token_bytes))
         if slot is not None:
             slot.ids = (prompt + gen.tokens)[:gen.cache_valid]
         text = rule.text()

@@ -85,12 +85,14 @@ class Generation:
 def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
              end_ids: frozenset[int] = frozenset(), sampling: Sampling = Sampling(),
              should_stop: Callable[[int], bool] | None = None,
-             cache: KVCache | None = None, cached: int = 0) -> Generation:
+             cache: KVCache | None = None, cached: int = 0,
+             vocab_limit: int | None = None) -> Generation:
     """Generate up to `max_new_tokens` after `prompt`.
 
     Stops at a token in `end_ids` (not included in the output) or when `should_stop(token)` says
     so after that token was appended. With `cache`, its first `cached` positions must already hold
-    `prompt[:cached]` (KV reuse): only the rest of the prompt is run.
+    `prompt[:cached]` (KV reuse): only the rest of the prompt is run. Ids >= `vocab_limit` are
+    never sampled (checkpoints often pad the embedding past the tokenizer's vocabulary).
     """
     out = Generation()
     if cache is None:
@@ -104,7 +106,7 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
     generator = sampling.generator()
     t0 = time.perf_counter()
     for i in range(max_new_tokens):
-        token = sample(logits, sampling, generator)
+        token = sample(logits[:vocab_limit], sampling, generator)
         if token in end_ids:
             out.finish_reason = "stop"
             break
