@@ -34,6 +34,7 @@ test: $(VENV)/.installed-test browser
 bench: $(VENV)/.installed-test
 	$(VENV)/bin/tokenfill bench runtime
 	$(VENV)/bin/tokenfill bench humaneval
+	$(VENV)/bin/tokenfill bench typing
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
