@@ -109,3 +109,4 @@ def test_model_vocab_larger_than_tokenizer_never_yields_unknown_ids(tiny_model):
         assert isinstance(result.text, str)
     with pytest.raises(FimUnsupportedError, match="suffix"):
         engine.complete("a = ", "b", max_tokens=2)
+    assert isinstance(engine.complete("", max_tokens=2).text, str)  # an empty prompt is fine

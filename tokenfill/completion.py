@@ -85,8 +85,8 @@ class Engine:
         head = "".join(f"# {name}\n{text.rstrip()}\n\n" for name, text in extra)
         count = lambda text: len(self.tokenizer.encode(text))  # noqa: E731
         prefix, suffix = fim.fit_context(head + prefix, suffix, count, budget)
-        if self.fim is None:
-            return self.tokenizer.encode(prefix)
+        if self.fim is None:  # a left-to-right prompt; an empty one starts at an end-of-text token
+            return self.tokenizer.encode(prefix) or sorted(self.end_ids)[:1] or [0]
         return self.fim.prompt(self.tokenizer.encode(prefix), self.tokenizer.encode(suffix))
 
     def complete(self, prefix: str, suffix: str = "", *, max_tokens: int = 64,
