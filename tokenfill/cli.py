@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if a state exists")
     p.add_argument("--no-progress", action="store_true")
 
+    p = sub.add_parser("eval", help="run a benchmark task (HumanEval infilling, pass@1)")
+    p.add_argument("task", help="one of: humaneval-single, humaneval-multi, humaneval-span-light")
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    p.add_argument("--limit", type=int, default=0, help="at most this many rows, drawn by --seed")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
     p = sub.add_parser("corpus", help="build the training corpus and print what it holds")
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
 
@@ -275,6 +284,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from . import eval as evaluation
+
+    task = evaluation.TASKS.get(args.task)
+    if task is None:
+        raise UsageError(f"unknown task {args.task!r}; tasks: {', '.join(evaluation.TASKS)}")
+    engine = load_engine(args)
+    config = evaluation.EvalConfig(limit=args.limit, seed=args.seed, max_tokens=args.max_tokens)
+    try:
+        result = task.run(engine, config)
+    except evaluation.TaskSkipped as e:
+        print(f"{args.task}: skipped: {e}", file=sys.stderr)
+        return 0
+    result.update(model=engine.name, parameters=engine.model.config.num_parameters(),
+                  limit=args.limit, seed=args.seed)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_corpus(args: argparse.Namespace) -> int:
     from . import corpus
 
@@ -301,4 +333,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
-            "corpus": cmd_corpus, "bench": cmd_bench}
+            "corpus": cmd_corpus, "bench": cmd_bench, "eval": cmd_eval}
