@@ -20,7 +20,10 @@ class Oracle:
         return Completion(text, 1, "stop", 1, 1, 0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("name", list(evaluation.TASKS))
+HUMANEVAL = [n for n, t in evaluation.TASKS.items() if isinstance(t, evaluation.HumanEvalInfilling)]
+
+
+@pytest.mark.parametrize("name", HUMANEVAL)
 def test_canonical_solutions_pass_and_wrong_ones_fail(name):
     task = evaluation.TASKS[name]
     config = evaluation.EvalConfig(limit=6, seed=1, progress=False)
@@ -47,3 +50,46 @@ def test_limit_draws_rows_by_seed():
 def test_rows_are_grouped_by_problem():
     assert evaluation.humaneval_problem("SingleLineInfilling/HumanEval/12/L3") == "HumanEval/12"
     assert evaluation.humaneval_problem("RandomSpanInfillingLight/HumanEval/0/1") == "HumanEval/0"
+
+
+@pytest.fixture
+def engine(model_dir, monkeypatch):
+    from tokenfill import realcode
+    from tokenfill.completion import Engine
+
+    from .test_holes import FILES
+
+    monkeypatch.setattr(realcode, "files", lambda: list(FILES))
+    return Engine.load(model_dir, dtype="fp32")
+
+
+def test_realcode_task_scores_every_kind(engine):
+    result = evaluation.TASKS["realcode"].run(engine, evaluation.EvalConfig(limit=2, max_tokens=8,
+                                                                             progress=False))
+    assert set(result["kinds"]) == set(evaluation.holes.KINDS)
+    for scores in result["kinds"].values():
+        assert scores["holes"] == 2
+        for key in ("em_first_line", "es_first_line", "em_middle", "es_middle", "parses"):
+            assert 0.0 <= scores[key] <= 1.0
+
+
+def test_latency_task_reports_percentiles(engine):
+    result = evaluation.TASKS["latency"].run(engine, evaluation.EvalConfig(limit=1, max_tokens=4,
+                                                                            progress=False))
+    assert result["cursors"] == len(evaluation.holes.KINDS)
+    assert 0 < result["ms_p50"] <= result["ms_p95"] <= result["ms_p99"]
+
+
+def test_token_accuracy_agrees_with_real_greedy_decoding(engine):
+    from tokenfill.generate import generate
+
+    from .test_holes import SOURCE
+
+    spans, lexical = evaluation.TokenAccuracy.score_file(engine, SOURCE)
+    assert 0 < len(spans) <= lexical
+    ids = engine.tokenizer.encode(SOURCE)
+    for first, last, right in spans:
+        continuation = generate(engine.model, ids[:first], last - first + 1).tokens
+        assert (continuation == ids[first:last + 1]) == right, (first, last)
+        covered = engine.tokenizer.decode(ids[first:last + 1])
+        assert covered.strip()  # each span covers the text of a lexical token

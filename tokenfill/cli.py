@@ -81,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if a state exists")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("eval", help="run a benchmark task (HumanEval infilling, pass@1)")
-    p.add_argument("task", help="one of: humaneval-single, humaneval-multi, humaneval-span-light")
+    p = sub.add_parser("eval", help="run a benchmark task (HumanEval pass@1, real-code holes, "
+                                    "token accuracy, latency)")
+    p.add_argument("task", help="humaneval-single, humaneval-multi, humaneval-span-light, "
+                                "realcode, tokens or latency")
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
-    p.add_argument("--limit", type=int, default=0, help="at most this many rows, drawn by --seed")
+    p.add_argument("--limit", type=int, default=0,
+                   help="at most this many rows (holes per kind, files, cursors per kind)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
