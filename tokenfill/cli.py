@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="run a benchmark task (HumanEval pass@1, real-code holes, "
                                     "token accuracy, latency)")
     p.add_argument("task", help="humaneval-single, humaneval-multi, humaneval-span-light, "
-                                "realcode, tokens or latency")
+                                "realcode, tokens, latency, or all (the default suite, written "
+                                "to BENCHMARKS.md)")
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--limit", type=int, default=0,
                    help="at most this many rows (holes per kind, files, cursors per kind)")
@@ -292,6 +293,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from . import eval as evaluation
 
+    if args.task == "all":
+        from .report import run_all
+
+        out = args.out or Path("runs/eval/results.json")
+        result = run_all(args.model, seed=args.seed, out=out, dtype=args.dtype)
+        print(f"results in {out}; BENCHMARKS.md updated ({result['minutes']:.1f} min)")
+        return 0
     task = evaluation.TASKS.get(args.task)
     if task is None:
         raise UsageError(f"unknown task {args.task!r}; tasks: {', '.join(evaluation.TASKS)}")

@@ -156,7 +156,8 @@ class Latency:
         ms.sort()
         pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
         return {"task": self.name, "cursors": len(ms), "ms_p50": pick(0.5), "ms_p95": pick(0.95),
-                "ms_p99": pick(0.99), "tokens_mean": sum(tokens) / len(tokens)}
+                "ms_p99": pick(0.99), "tokens_mean": sum(tokens) / len(tokens),
+                "ms": [round(x, 2) for x in ms]}
 
 
 LEXICAL = {tokenize.NAME, tokenize.NUMBER, tokenize.STRING, tokenize.OP}
