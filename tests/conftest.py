@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,9 +55,14 @@ def model_dir(tmp_path_factory, tokenizer, tiny_model) -> Path:
 
 @pytest.fixture(scope="session")
 def chatty_model_dir(tmp_path_factory, tokenizer, tiny_model) -> Path:
-    """A model that only ever says 'a' or 'b': no newline, no end token, so it runs to its limit."""
-    model = Transformer(dataclasses.replace(tiny_model.config, max_position_embeddings=4096))
-    model.load_state_dict(tiny_model.state_dict())
+    """A model that only ever says 'a' or 'b': no newline, no end token, so it runs to its limit.
+
+    It is wider and deeper than the tiny model so that a long completion takes seconds, leaving
+    time to disconnect, cancel or supersede it mid-way.
+    """
+    config = tiny_config(tokenizer.vocab_size, hidden_size=256, intermediate_size=1024,
+                         num_hidden_layers=6, max_position_embeddings=4096)
+    model = Transformer.init_random(config, seed=1)
     a, b = tokenizer.encode("a")[0], tokenizer.encode("b")[0]
     with torch.no_grad():
         model.norm.weight.zero_()

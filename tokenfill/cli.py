@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens to generate when a request does not say (default 64)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
 
+    sub.add_parser("lsp", help="a language server over stdio (inline completion, completion)")
+
     p = sub.add_parser("demo", help="complete a few cursors of an example file")
     add_model_options(p)
 
@@ -276,6 +278,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lsp(args: argparse.Namespace) -> int:
+    from .lsp import main as lsp_main
+
+    lsp_main()
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainArgs, train
 
@@ -343,5 +352,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
+COMMANDS = {"serve": cmd_serve, "lsp": cmd_lsp, "complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
             "corpus": cmd_corpus, "bench": cmd_bench, "eval": cmd_eval}

@@ -1,0 +1,260 @@
+"""`tokenfill lsp`: a language server (stdio) that offers completions at the cursor.
+
+- `textDocument/inlineCompletion` (LSP 3.18): several items when invoked, one when automatic;
+  a `selectedCompletionInfo` is honoured (items extend the selected text and use its range).
+- `textDocument/completion`: one item, the completion as a text edit at the cursor, for editors
+  without inline completion.
+- Incremental sync; `positionEncoding` negotiated by pygls (UTF-16 unless the client offers UTF-8).
+- Per document: automatic requests wait `debounceMs`, and a newer request for the same document
+  supersedes the older one, whose engine work is aborted; `$/cancelRequest` aborts it too.
+- Settings from `initializationOptions` or `workspace/didChangeConfiguration` (under `tokenfill`
+  or flat): `model` (checkpoint directory), `serverUrl` (a running `tokenfill serve` to use
+  instead of an in-process engine), `maxTokens`, `singleLine`, `debounceMs`.
+- Accepted and rejected completions are counted (an item's `tokenfill.accept` command, or llm-ls's
+  `llm-ls/acceptCompletion` / `llm-ls/rejectCompletion`); `tokenfill/stats` returns the counts.
+- `llm-ls/getCompletions` is answered too, so llm.nvim, llm-vscode and llm-intellij work unchanged.
+A failing request is logged (stderr) and answered with an LSP error; the server keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from . import __version__
+from .checkpoint import BUNDLED_MODEL
+from .generate import Sampling
+
+log = logging.getLogger("tokenfill.lsp")
+ACCEPT_COMMAND = "tokenfill.accept"
+
+
+@dataclass
+class LspSettings:
+    model: str = str(BUNDLED_MODEL)
+    serverUrl: str | None = None  # noqa: N815 (the editors' JSON spelling)
+    maxTokens: int = 64           # noqa: N815
+    singleLine: bool = False      # noqa: N815
+    debounceMs: int = 40          # noqa: N815
+
+    def update(self, options: Any) -> None:
+        if not isinstance(options, dict):
+            return
+        options = options.get("tokenfill", options)
+        known = {f.name: f.type for f in fields(self)}
+        for key, value in options.items():
+            if key in known and value is not None:
+                setattr(self, key, value)
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    shown: int = 0
+    superseded: int = 0
+    cancelled: int = 0
+    accepted: int = 0
+    rejected: int = 0
+
+
+class InProcessBackend:
+    """The engine in this process, behind the same worker the HTTP server uses."""
+
+    def __init__(self, model: str):
+        from .completion import Engine
+        from .worker import Worker
+
+        self.worker = Worker(Engine.load(model), n_slots=2)
+
+    async def complete(self, key: str, prefix: str, suffix: str, max_tokens: int,
+                       single_line: bool, sampling: Sampling) -> str:
+        from .worker import Job
+
+        job = Job(options=dict(prefix=prefix, suffix=suffix, max_tokens=max_tokens,
+                               single_line=single_line, sampling=sampling), key=key)
+        self.worker.submit(job)
+        try:
+            while True:
+                kind, value = await job.events.get()
+                if kind == "done":
+                    return value.text
+                if kind == "error":
+                    raise RuntimeError(value)
+        finally:
+            job.cancel("cancelled by the editor")  # no-op once done
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+class RemoteBackend:
+    """A running `tokenfill serve`, through its llama.cpp `/infill` route."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.client = httpx.AsyncClient(timeout=60)
+
+    async def complete(self, key: str, prefix: str, suffix: str, max_tokens: int,
+                       single_line: bool, sampling: Sampling) -> str:
+        r = await self.client.post(self.url + "/infill", json={
+            "input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
+            "temperature": sampling.temperature, "seed": -1 if sampling.seed is None else sampling.seed,
+            "id_slot": key, "cache_prompt": True})
+        r.raise_for_status()
+        text = r.json()["content"]
+        return text.split("\n", 1)[0] if single_line else text
+
+    def close(self) -> None:
+        pass
+
+
+class TokenfillServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("tokenfill", __version__)
+        self.settings = LspSettings()
+        self.counts = Counts()
+        self.backend: InProcessBackend | RemoteBackend | None = None
+        self.latest: dict[str, int] = {}
+        self.ids = itertools.count(1)
+
+    def configure(self, options: Any) -> None:
+        before = (self.settings.model, self.settings.serverUrl)
+        self.settings.update(options)
+        if self.backend is None or before != (self.settings.model, self.settings.serverUrl):
+            if self.backend is not None:
+                self.backend.close()
+            self.backend = RemoteBackend(self.settings.serverUrl) if self.settings.serverUrl \
+                else InProcessBackend(self.settings.model)
+            log.info("backend: %s", self.settings.serverUrl or self.settings.model)
+
+    async def completions(self, uri: str, position: types.Position, n: int, automatic: bool,
+                          head: str = "") -> list[str] | None:
+        """Up to `n` distinct completions at `position`, or None when superseded."""
+        ticket = next(self.ids)
+        self.latest[uri] = ticket
+        self.counts.requests += 1
+        try:
+            if automatic and self.settings.debounceMs > 0:
+                await asyncio.sleep(self.settings.debounceMs / 1000)
+                if self.latest.get(uri) != ticket:
+                    self.counts.superseded += 1
+                    return None
+            doc = self.workspace.get_text_document(uri)
+            offset = doc.offset_at_position(position)
+            prefix, suffix = doc.source[:offset] + head, doc.source[offset:]
+            texts: list[str] = []
+            for i in range(n):
+                sampling = Sampling() if i == 0 else Sampling(temperature=0.7, top_p=0.95, seed=i)
+                text = await self.backend.complete(uri, prefix, suffix, self.settings.maxTokens,
+                                                   self.settings.singleLine, sampling)
+                if self.latest.get(uri) != ticket:
+                    self.counts.superseded += 1
+                    return None
+                if text and text not in texts:
+                    texts.append(text)
+            self.counts.shown += len(texts)
+            return texts
+        except asyncio.CancelledError:
+            self.counts.cancelled += 1
+            raise
+
+
+server = TokenfillServer()
+
+
+@server.feature(types.INITIALIZE)
+def initialize(ls: TokenfillServer, params: types.InitializeParams) -> None:
+    ls.configure(params.initialization_options)
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def did_change_configuration(ls: TokenfillServer, params: types.DidChangeConfigurationParams):
+    ls.configure(params.settings)
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION)
+async def inline_completion(ls: TokenfillServer, params: types.InlineCompletionParams
+                            ) -> list[types.InlineCompletionItem] | None:
+    automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
+    selected = params.context.selected_completion_info
+    position, head = params.position, ""
+    if selected is not None:  # extend the selected item: complete after its text
+        doc = ls.workspace.get_text_document(params.text_document.uri)
+        start = doc.offset_at_position(selected.range.start)
+        end = doc.offset_at_position(position)
+        head = selected.text[end - start:] if selected.text.startswith(
+            doc.source[start:end]) else ""
+    texts = await ls.completions(params.text_document.uri, position, 1 if automatic else 3,
+                                 automatic, head)
+    if not texts:
+        return None
+    items = []
+    for text in texts:
+        if selected is not None:
+            insert, span = selected.text + text, selected.range
+        else:
+            insert, span = text, types.Range(position, position)
+        items.append(types.InlineCompletionItem(
+            insert_text=insert, range=span,
+            command=types.Command(title="Accept completion", command=ACCEPT_COMMAND,
+                                  arguments=[insert])))
+    return items
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION)
+async def completion(ls: TokenfillServer, params: types.CompletionParams
+                     ) -> types.CompletionList | None:
+    texts = await ls.completions(params.text_document.uri, params.position, 1, automatic=False)
+    if not texts:
+        return None
+    text = texts[0]
+    label = text.strip().split("\n", 1)[0][:60] or text
+    return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+        label=label, kind=types.CompletionItemKind.Text, detail="tokenfill",
+        text_edit=types.TextEdit(types.Range(params.position, params.position), text),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        command=types.Command(title="Accept completion", command=ACCEPT_COMMAND,
+                              arguments=[text]))])
+
+
+@server.command(ACCEPT_COMMAND)
+def accept(ls: TokenfillServer, *args: Any) -> None:
+    ls.counts.accepted += 1
+
+
+@server.feature("llm-ls/acceptCompletion")
+def llm_ls_accept(ls: TokenfillServer, params: Any) -> None:
+    ls.counts.accepted += 1
+
+
+@server.feature("llm-ls/rejectCompletion")
+def llm_ls_reject(ls: TokenfillServer, params: Any) -> None:
+    ls.counts.rejected += 1
+
+
+@server.feature("tokenfill/stats")
+def stats(ls: TokenfillServer, params: Any) -> dict:
+    return asdict(ls.counts)
+
+
+@server.feature("llm-ls/getCompletions")
+async def llm_ls_get_completions(ls: TokenfillServer, params: Any) -> dict:
+    uri = params.textDocument.uri
+    position = types.Position(params.position.line, params.position.character)
+    texts = await ls.completions(uri, position, 1, automatic=False) or []
+    return {"request_id": str(next(ls.ids)),
+            "completions": [{"generated_text": t} for t in texts]}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
+    server.start_io()
