@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve demo test install bench clean browser
+.PHONY: serve demo test install bench clean tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,13 +22,15 @@ serve: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/tokenfill demo
 
-# The playground's browser test needs Debian's chromium; without it that test skips with a message.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-		|| echo "chromium could not be installed: the browser test will be skipped"; }
+# The playground's browser test needs Debian's chromium and the editor test Debian's neovim;
+# where they cannot be installed, those tests skip with a message.
+tools:
+	@(command -v chromium && command -v nvim) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		 apt-get install -y -qq chromium neovim >/dev/null) \
+		|| echo "chromium / neovim could not be installed: the browser and editor tests will skip"; }
 
-test: $(VENV)/.installed-test browser
+test: $(VENV)/.installed-test tools
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed-test
