@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
 
     p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
-    p.add_argument("what", choices=["runtime", "humaneval", "typing"])
+    p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp"])
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0: all)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
@@ -339,7 +339,11 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    if args.what == "typing":
+    if args.what == "lsp":
+        from . import lsp_bench
+
+        print(lsp_bench.run(args.model))
+    elif args.what == "typing":
         from . import typing_bench
 
         print(typing_bench.run(args.model, files=args.files, chars=args.chars, cps=args.cps,

@@ -1,0 +1,17 @@
+"""The LSP overhead benchmark runs end to end (tiny model, synthetic files)."""
+
+from __future__ import annotations
+
+from tokenfill import lsp_bench, realcode
+
+from .test_holes import FILES
+
+
+def test_overhead_report(monkeypatch, model_dir):
+    monkeypatch.setattr(realcode, "files", lambda: list(FILES))
+    report = lsp_bench.run(model_dir, n=3, max_tokens=2)
+    assert "| overhead (per-cursor difference) |" in report and "target < 5 ms" in report
+
+
+def test_position_counts_utf16_units():
+    assert lsp_bench.position_of("a\nx = '𝄞'") == lsp_bench.types.Position(1, 8)  # 𝄞: 2 units

@@ -1,0 +1,78 @@
+"""`tokenfill bench lsp`: what the language server adds to the engine's own time per completion.
+
+The same cursors (held-out holes, one per file) are completed twice in one run: by the engine in
+this process (greedy, the engine's own wall time), then through `tokenfill lsp` over stdio as an
+editor asks (an automatic `textDocument/inlineCompletion`, debounce off), timed at the client.
+The overhead is the per-cursor difference: JSON-RPC, document sync, position conversion and the
+worker hand-off. Each cursor sits in its own document, so KV reuse does not flatter the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.lsp.client import BaseLanguageClient
+
+from . import holes, realcode
+from .completion import Engine
+
+
+def position_of(prefix: str) -> types.Position:
+    last = prefix.rsplit("\n", 1)[-1]
+    return types.Position(prefix.count("\n"), len(last.encode("utf-16-le")) // 2)
+
+
+async def lsp_times(model: Path, cursors: list[holes.Hole], max_tokens: int) -> list[float]:
+    client = BaseLanguageClient("tokenfill-bench", "1")
+    await client.start_io(sys.executable, "-m", "tokenfill", "lsp")
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(),
+        initialization_options={"model": str(model), "debounceMs": 0, "maxTokens": max_tokens}))
+    client.initialized(types.InitializedParams())
+    times = []
+    for i, hole in enumerate([cursors[0], *cursors]):  # the first one warms up
+        uri = f"file:///bench/{i}.py"
+        client.text_document_did_open(types.DidOpenTextDocumentParams(types.TextDocumentItem(
+            uri=uri, language_id="python", version=1, text=hole.prefix + hole.suffix)))
+        params = types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri), position=position_of(hole.prefix),
+            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Automatic))
+        start = time.perf_counter()
+        await client.text_document_inline_completion_async(params)
+        if i:
+            times.append((time.perf_counter() - start) * 1000)
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    return times
+
+
+def run(model: Path, n: int = 40, max_tokens: int = 16, seed: int = 0) -> str:
+    files = realcode.files()
+    cursors = holes.cut(files, "mid-line", n, seed)
+    engine = Engine.load(model)
+    engine.complete(cursors[0].prefix, cursors[0].suffix, max_tokens=max_tokens)  # warm up
+    engine_ms = [engine.complete(h.prefix, h.suffix, max_tokens=max_tokens).total_ms
+                 for h in cursors]
+    del engine
+    lsp_ms = asyncio.run(lsp_times(model, cursors, max_tokens))
+    overhead = sorted(b - a for a, b in zip(engine_ms, lsp_ms))
+    q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
+    return "\n".join([
+        f"{len(cursors)} mid-line cursors in held-out files, one document each, max {max_tokens} "
+        "tokens, greedy.",
+        "",
+        "| path | ms p50 | ms p95 |",
+        "| --- | --- | --- |",
+        f"| engine in process | {q(engine_ms, 0.5):.1f} | {q(engine_ms, 0.95):.1f} |",
+        f"| through `tokenfill lsp` (client round trip) | {q(lsp_ms, 0.5):.1f} | "
+        f"{q(lsp_ms, 0.95):.1f} |",
+        f"| overhead (per-cursor difference) | {q(overhead, 0.5):.1f} | {q(overhead, 0.95):.1f} |",
+        "",
+        f"Overhead p50 {statistics.median(overhead):.1f} ms (target < 5 ms).",
+    ])
