@@ -125,13 +125,13 @@ def test_mistral_fim(server):
 def test_client_disconnect_aborts_generation(server):
     with httpx.Client(timeout=30) as client:
         with client.stream("POST", server.url + "/v1/completions", json={
-                "prompt": "long = ", "max_tokens": 120, "stream": True, "temperature": 0}) as r:
+                "prompt": "long = ", "max_tokens": 2000, "stream": True, "temperature": 0}) as r:
             request_id = r.headers["x-request-id"]
             next(r.iter_lines())  # the first piece has arrived: generation is under way
     line = server.log_line(request_id)
     assert "aborted (client disconnected)" in line, line
     generated = int(re.search(r"\((\d+) tokens\) aborted", line).group(1))
-    assert generated < 120
+    assert generated < 2000
 
 
 def test_newer_request_supersedes_older(server):
