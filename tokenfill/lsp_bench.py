@@ -19,6 +19,7 @@ from lsprotocol import types
 from pygls.lsp.client import BaseLanguageClient
 
 from . import holes, realcode
+from .bench import header
 from .completion import Engine
 
 
@@ -64,6 +65,8 @@ def run(model: Path, n: int = 40, max_tokens: int = 16, seed: int = 0) -> str:
     overhead = sorted(b - a for a, b in zip(engine_ms, lsp_ms))
     q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
     return "\n".join([
+        header(f"tokenfill bench lsp --model {model.name}"),
+        "",
         f"{len(cursors)} mid-line cursors in held-out files, one document each, max {max_tokens} "
         "tokens, greedy.",
         "",

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from . import realcode
+from .bench import header
 from .launch import ServerProcess
 
 
@@ -167,6 +168,8 @@ def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_
             server.stop()
     (p_on, e_on), (p_off, e_off) = figures["on"], figures["off"]
     return "\n".join([
+        header(f"tokenfill bench typing --model {model.name}"),
+        "",
         f"{len(todo)} regions of {chars} characters from held-out files, typed at {cps:g} chars/s, "
         f"one /infill request per keystroke (n_predict {n_predict}), the previous one cancelled.",
         "",
