@@ -32,6 +32,14 @@ HUMANEVAL_SINGLE = (REPO_ROOT.parent / "shared" / "data" / "humaneval-infilling"
                     "HumanEval-SingleLineInfilling.jsonl.gz")
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values` by nearest rank; nan when there are none."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def header(command: str) -> str:
     return f"`{command}` on {describe_machine()}, {date.today().isoformat()}"
 
@@ -126,8 +134,8 @@ def bench_humaneval(model_dir: Path, limit: int = 0, dtype: str = "auto") -> str
     assert len(results) == len(rows), "tokenfill batch dropped tasks"
     exact = sum(first_line(r["completion"]) == first_line(row["canonical_solution"])
                 for r, row in zip(results, rows))
-    ms = sorted(r["ms"] for r in results)
-    p50, p95 = ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.95))]
+    ms = [r["ms"] for r in results]
+    p50, p95 = percentile(ms, 0.5), percentile(ms, 0.95)
     tokens = statistics.mean(r["tokens"] for r in results)
     return "\n".join([
         header(f"tokenfill bench humaneval --model {model_dir.name}" +

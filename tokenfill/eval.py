@@ -28,6 +28,7 @@ from rapidfuzz.distance import Levenshtein
 from tqdm import tqdm
 
 from . import holes, realcode, sandbox
+from .bench import percentile
 from .completion import Engine
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -86,12 +87,11 @@ class HumanEvalInfilling:
             per_problem[humaneval_problem(row["task_id"])].append(outcome.passed)
         passed = [p for results in per_problem.values() for p in results]
         by_problem = [sum(r) / len(r) for r in per_problem.values()]
-        ms.sort()
         return {
             "task": self.name, "rows": len(passed), "problems": len(per_problem),
             "pass@1_rows": sum(passed) / len(passed),
             "pass@1_problems": sum(by_problem) / len(by_problem),
-            "ms_p50": ms[len(ms) // 2], "ms_p95": ms[min(len(ms) - 1, int(len(ms) * 0.95))],
+            "ms_p50": percentile(ms, 0.5), "ms_p95": percentile(ms, 0.95),
         }
 
 
@@ -153,11 +153,9 @@ class Latency:
             result = engine.complete(hole.prefix, hole.suffix, max_tokens=config.max_tokens)
             ms.append(result.total_ms)
             tokens.append(result.tokens)
-        ms.sort()
-        pick = lambda q: ms[min(len(ms) - 1, int(q * len(ms)))]  # noqa: E731
-        return {"task": self.name, "cursors": len(ms), "ms_p50": pick(0.5), "ms_p95": pick(0.95),
-                "ms_p99": pick(0.99), "tokens_mean": sum(tokens) / len(tokens),
-                "ms": [round(x, 2) for x in ms]}
+        return {"task": self.name, "cursors": len(ms), "ms_p50": percentile(ms, 0.5),
+                "ms_p95": percentile(ms, 0.95), "ms_p99": percentile(ms, 0.99),
+                "tokens_mean": sum(tokens) / len(tokens), "ms": [round(x, 2) for x in ms]}
 
 
 LEXICAL = {tokenize.NAME, tokenize.NUMBER, tokenize.STRING, tokenize.OP}

@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import logging
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import httpx

@@ -10,7 +10,6 @@ worker hand-off. Each cursor sits in its own document, so KV reuse does not flat
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from lsprotocol import types
 from pygls.lsp.client import BaseLanguageClient
 
 from . import holes, realcode
-from .bench import header
+from .bench import header, percentile
 from .completion import Engine
 
 
@@ -62,8 +61,7 @@ def run(model: Path, n: int = 40, max_tokens: int = 16, seed: int = 0) -> str:
                  for h in cursors]
     del engine
     lsp_ms = asyncio.run(lsp_times(model, cursors, max_tokens))
-    overhead = sorted(b - a for a, b in zip(engine_ms, lsp_ms))
-    q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]  # noqa: E731
+    overhead = [b - a for a, b in zip(engine_ms, lsp_ms)]
     return "\n".join([
         header(f"tokenfill bench lsp --model {model.name}"),
         "",
@@ -72,10 +70,10 @@ def run(model: Path, n: int = 40, max_tokens: int = 16, seed: int = 0) -> str:
         "",
         "| path | ms p50 | ms p95 |",
         "| --- | --- | --- |",
-        f"| engine in process | {q(engine_ms, 0.5):.1f} | {q(engine_ms, 0.95):.1f} |",
-        f"| through `tokenfill lsp` (client round trip) | {q(lsp_ms, 0.5):.1f} | "
-        f"{q(lsp_ms, 0.95):.1f} |",
-        f"| overhead (per-cursor difference) | {q(overhead, 0.5):.1f} | {q(overhead, 0.95):.1f} |",
+        f"| engine in process | {percentile(engine_ms, 0.5):.1f} | {percentile(engine_ms, 0.95):.1f} |",
+        f"| through `tokenfill lsp` (client round trip) | {percentile(lsp_ms, 0.5):.1f} | "
+        f"{percentile(lsp_ms, 0.95):.1f} |",
+        f"| overhead (per-cursor difference) | {percentile(overhead, 0.5):.1f} | {percentile(overhead, 0.95):.1f} |",
         "",
-        f"Overhead p50 {statistics.median(overhead):.1f} ms (target < 5 ms).",
+        f"Overhead p50 {percentile(overhead, 0.5):.1f} ms (target < 5 ms).",
     ])

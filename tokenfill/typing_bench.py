@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from . import realcode
-from .bench import header
+from .bench import header, percentile
 from .launch import ServerProcess
 
 
@@ -126,13 +125,6 @@ async def load(url: str, todo: list[Region], clients: int, seconds: float, cps: 
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_predict: int = 16,
