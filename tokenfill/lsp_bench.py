@@ -59,24 +59,20 @@ async def typing_replay(model: Path, regions: list, cps: float, max_tokens: int
     """Type each region keystroke by keystroke: an incremental didChange, then an automatic
     inlineCompletion (debounce on, as an editor would). A newer request supersedes the older one
     on the server, which then answers null. Returns latencies of the completions shown (answered
-    with items), requests sent, requests superseded."""
+    with items), requests sent, and requests superseded (the server's count)."""
     client = BaseLanguageClient("tokenfill-bench", "1")
     await client.start_io(sys.executable, "-m", "tokenfill", "lsp")
     await client.initialize_async(types.InitializeParams(
         capabilities=types.ClientCapabilities(),
         initialization_options={"model": str(model), "maxTokens": max_tokens}))
     client.initialized(types.InitializedParams())
-    shown, sent, superseded = [], 0, 0
+    shown, sent = [], 0
     loop = asyncio.get_running_loop()
 
     async def ask(params: types.InlineCompletionParams) -> None:
-        nonlocal superseded
         start = time.perf_counter()
-        items = await client.text_document_inline_completion_async(params)
-        if items:
+        if await client.text_document_inline_completion_async(params):
             shown.append((time.perf_counter() - start) * 1000)
-        else:
-            superseded += 1
 
     for k, region in enumerate(regions):
         uri, text = f"file:///typing/{k}.py", region.before + region.after
@@ -97,6 +93,8 @@ async def typing_replay(model: Path, regions: list, cps: float, max_tokens: int
             sent += 1
             await asyncio.sleep(max(0.0, start + i / cps - loop.time()))
         await asyncio.gather(*pending)
+    counts = await client.protocol.send_request_async("tokenfill/stats", {})
+    superseded = counts.superseded
     await client.shutdown_async(None)
     client.exit(None)
     await client.stop()
