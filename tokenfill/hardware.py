@@ -48,6 +48,13 @@ def training_autocast(device: torch.device) -> contextlib.AbstractContextManager
     return contextlib.nullcontext()
 
 
+def training_precision(device: torch.device) -> str:
+    """What training_autocast does on `device`, in words (for the model card)."""
+    if device.type == "cuda" or cpu_has_fast_bf16():
+        return "bf16 autocast"
+    return "fp32 (this CPU has no fast bf16: no AMX or AVX-512 BF16)"
+
+
 def describe_machine() -> str:
     if torch.cuda.is_available():
         return f"1x {torch.cuda.get_device_name(0)}"

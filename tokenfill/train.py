@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import corpus, fim
 from .checkpoint import save_model
-from .hardware import describe_machine, training_autocast
+from .hardware import describe_machine, training_autocast, training_precision
 from .model import ModelConfig, Transformer
 from .tokenizer import Tokenizer, train_bpe
 from .training_data import FimMix, SampleStream
@@ -206,7 +206,10 @@ def train(args: TrainArgs) -> dict:
             save_state(state_dir, model, opt, meta)
     bar.close()
     final = {"step": meta["step"], "tokens": meta["tokens"], **evaluate(model, eval_batches, device)}
-    meta["evals"].append(final)
+    if meta["evals"] and meta["evals"][-1]["step"] == final["step"]:
+        meta["evals"][-1] = final
+    else:
+        meta["evals"].append(final)
     meta["final"] = final
     save_state(state_dir, model, opt, meta)
     if args.out:
@@ -229,6 +232,7 @@ def export(args: TrainArgs, model: Transformer, tok: Tokenizer, meta: dict, corp
         minutes=meta["elapsed_s"] / 60, machine=describe_machine(), day=date.today().isoformat(),
         loss=meta["final"]["heldout_loss"], acc=meta["final"]["heldout_accuracy"] * 100,
         tokens_per_param=meta["tokens"] / model.config.num_parameters(), lr=args.lr,
+        precision=training_precision(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         curve="\n".join(f"| {e['step']} | {e['tokens']:,} | {e['heldout_loss']:.3f} | "
                         f"{e['heldout_accuracy'] * 100:.1f}% |" for e in meta["evals"]),
     )
@@ -263,6 +267,7 @@ Python. Hugging Face layout (`config.json`, `model.safetensors` in bf16, `tokeni
 | steps | {steps} of {batch} x {seq} tokens |
 | wall time | {minutes:.0f} min |
 | hardware | {machine} |
+| precision | {precision} |
 | optimiser | AdamW (0.9, 0.95), peak lr {lr}, warm-up then cosine to 10%, weight decay 0.1 |
 | date | {day} |
 
