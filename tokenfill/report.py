@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 
 from . import eval as evaluation
+from .checkpoint import BUNDLED_MODEL
 from .completion import Engine
 from .hardware import describe_machine
 
@@ -45,7 +46,9 @@ def run_all(model: Path, *, seed: int = 0, out: Path | None = None, write_benchm
     config = evaluation.EvalConfig(seed=seed, progress=progress)
     results = {"model": engine.name, "parameters": engine.model.config.num_parameters(),
                "date": date.today().isoformat(), "machine": describe_machine(), "seed": seed,
-               "command": f"tokenfill eval all --model {model}", "tasks": {}}
+               "command": "tokenfill eval all" + (
+                   "" if Path(model).resolve() == BUNDLED_MODEL.resolve() else f" --model {model}"),
+               "tasks": {}}
     start = time.perf_counter()
     for name, limit in SUITE.items():
         try:
