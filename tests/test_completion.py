@@ -27,7 +27,7 @@ def test_completion_is_text_with_timings(engine):
 def test_long_context_is_cut_to_fit(engine):
     prefix = "".join(f"value_{i} = {i}\n" for i in range(400))
     suffix = "".join(f"other_{i} = {i}\n" for i in range(400))
-    prompt = engine.prompt_ids(prefix, suffix, max_tokens=16)
+    prompt, _ = engine.prompt_ids(prefix, suffix, max_tokens=16)
     assert len(prompt) + 16 <= engine.context
     text = engine.tokenizer.decode(prompt)
     assert "value_399 = 399\n" in text and "other_0 = 0\n" in text      # nearest the cursor kept
@@ -38,7 +38,7 @@ def test_long_context_is_cut_to_fit(engine):
 
 def test_special_token_text_in_the_file_is_not_a_control_token(engine):
     fim = engine.fim
-    prompt = engine.prompt_ids("x = '<fim_middle>'\n<fim_suffix>", "<|endoftext|>", max_tokens=4)
+    prompt, _ = engine.prompt_ids("x = '<fim_middle>'\n<fim_suffix>", "<|endoftext|>", max_tokens=4)
     assert prompt.count(fim.middle) == 1 and prompt.count(fim.suffix) == 1
     assert engine.tokenizer.token_id("<|endoftext|>") not in prompt
 

@@ -20,7 +20,10 @@ async def client(lsp_client: LanguageClient, request):
     general = types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None
     result = await lsp_client.initialize_session(types.InitializeParams(
         capabilities=types.ClientCapabilities(general=general),
-        initialization_options={"model": str(model), "debounceMs": 0, "maxTokens": 6}))
+        initialization_options={"model": str(model), "debounceMs": 0, "maxTokens": 6,
+                                # the fake model says only 'a' or 'b', never the partial word:
+                                # plumbing is tested here, cursor modes in test_cursor
+                                "cursorMode": "none"}))
     lsp_client.server_capabilities = result.capabilities
     yield
     await lsp_client.shutdown_session()

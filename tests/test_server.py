@@ -39,7 +39,9 @@ class Server(ServerProcess):
 
 @pytest.fixture(scope="module")
 def server(chatty_model_dir, tmp_path_factory):
-    srv = Server(chatty_model_dir, tmp_path_factory.mktemp("log") / "server.log")
+    # the fake model says only 'a' or 'b', never a partial word: plain prompts test the plumbing
+    srv = Server(chatty_model_dir, tmp_path_factory.mktemp("log") / "server.log",
+                 "--cursor-mode", "none")
     yield srv
     srv.stop()
 

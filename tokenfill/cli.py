@@ -24,6 +24,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="weights' dtype; auto: bf16 on CPUs with fast bf16, else fp32")
+    add_cursor_option(p)
+
+
+def add_cursor_option(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--cursor-mode", default="exact", choices=["exact", "heal", "none"],
+                   help=f"a cursor inside a token{what}: exact (default) conditions on the exact "
+                        "bytes before it, heal is token healing, none encodes the prefix as is")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64,
                    help="tokens to generate when a request does not say (default 64)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    add_cursor_option(p, " (for requests without a cursor_mode field)")
 
     sub.add_parser("lsp", help="a language server over stdio (inline completion, completion)")
 
@@ -95,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_cursor_option(p)
 
     p = sub.add_parser("corpus", help="build the training corpus and print what it holds")
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
@@ -176,7 +185,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     sampling = sampling_of(args)
     engine = load_engine(args)
     result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
-                             sampling=sampling)
+                             sampling=sampling, cursor_mode=args.cursor_mode)
     print(result.text)
     return 0
 
@@ -206,7 +215,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 continue
             start = time.perf_counter()
             result = engine.complete(task["prefix"], task.get("suffix", ""),
-                                     max_tokens=args.max_tokens, sampling=sampling)
+                                     max_tokens=args.max_tokens, sampling=sampling,
+                                     cursor_mode=args.cursor_mode)
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens)
             out.write(json.dumps(task, ensure_ascii=False) + "\n")
@@ -250,7 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for line, column in DEMO_CURSORS:
         offset = cursor_offset(text, line, column)
         result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
-                                 sampling=sampling)
+                                 sampling=sampling, cursor_mode=args.cursor_mode)
         shown = text[:offset].rsplit("\n", 1)[-1]
         print(f"line {line}, column {column}:  {shown}\u2502")
         print(f"  completion ({result.tokens} tokens, {result.total_ms:.0f} ms): {result.text!r}\n")
@@ -273,7 +283,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(model=args.model, dtype=args.dtype, api_key=args.api_key,
                               max_body_bytes=args.max_body_bytes, n_slots=args.slots,
                               cache_reuse=not args.no_cache_reuse,
-                              default_max_tokens=args.max_tokens)
+                              default_max_tokens=args.max_tokens, cursor_mode=args.cursor_mode)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 

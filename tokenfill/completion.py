@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from . import fim
+from . import cursor, fim
 from .checkpoint import load_model
-from .generate import Sampling, generate
+from .generate import Generation, Sampling, generate, prefill
 from .hardware import resolve_dtype
 from .model import Transformer
 from .slots import SlotPool
@@ -28,7 +28,7 @@ from .tokenizer import Tokenizer
 @dataclass
 class Completion:
     text: str                  # to insert at the cursor
-    tokens: int                # tokens generated (some may lie past the cut)
+    tokens: int                # decode steps: tokens, and bytes generated one at a time (exact)
     finish_reason: str         # "stop", "length", "time" (budget spent) or "aborted"
     prompt_tokens: int
     prompt_evaluated: int      # prompt tokens run through the model; the rest came from a KV slot
@@ -36,6 +36,8 @@ class Completion:
     decode_ms: float
     total_ms: float
     stop_string: str = ""      # the stop string that ended it, if one did
+    cursor_ms: float = 0.0     # spent generating the partial word's bytes one at a time (exact)
+    cursor_passes: int = 0     # forward passes that took (beyond the prompt's)
 
 
 class Engine:
@@ -69,35 +71,53 @@ class Engine:
         return frozenset() if eos is None else frozenset({eos})
 
     def prompt_ids(self, prefix: str, suffix: str, max_tokens: int,
-                   extra: tuple[tuple[str, str], ...] = ()) -> list[int]:
-        """The FIM prompt, with prefix and suffix cut to leave room for `max_tokens`.
+                   extra: tuple[tuple[str, str], ...] = (), cursor_mode: str = "none",
+                   ) -> tuple[list[int], bytes]:
+        """The FIM prompt, with prefix and suffix cut to leave room for `max_tokens`, and the bytes
+        the middle must start with: what `cursor_mode` took back from the end of the prefix (the
+        partial word for `exact`, the healed tokens' text for `heal`, nothing for `none`).
 
         `extra` is context from other files, (filename, text) pairs: it goes before the prefix as
         plain text, each chunk headed by a `# filename` comment, and is the first text cut.
         """
+        cursor.check_mode(cursor_mode)
         if self.fim is None and suffix:
             raise fim.FimUnsupportedError("this model has no fill-in-the-middle tokens, so it "
                                           "cannot use the text after the cursor (suffix)")
-        budget = self.context - max_tokens - (self.fim.overhead if self.fim else 0)
+        reserve = 0
+        if cursor_mode == "exact":  # room for the paths through the partial word
+            reserve = cursor.room(self.tokenizer, cursor.split_partial(self.tokenizer, prefix)[1].encode())
+        budget = self.context - max_tokens - reserve - (self.fim.overhead if self.fim else 0)
         if budget < 0:
             raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in the model's "
                              f"{self.context}-token context")
         head = "".join(f"# {name}\n{text.rstrip()}\n\n" for name, text in extra)
         count = lambda text: len(self.tokenizer.encode(text))  # noqa: E731
         prefix, suffix = fim.fit_context(head + prefix, suffix, count, budget)
+        forced = b""
+        if cursor_mode == "exact":
+            prefix, partial = cursor.split_partial(self.tokenizer, prefix)
+            forced = partial.encode()
+        prefix_ids = self.tokenizer.encode(prefix)
+        if cursor_mode == "heal" and prefix_ids:
+            k = cursor.heal_rollback(self.tokenizer, prefix_ids)
+            forced = self.tokenizer.decode_bytes(prefix_ids[len(prefix_ids) - k:])
+            prefix_ids = prefix_ids[:len(prefix_ids) - k]
         if self.fim is None:  # a left-to-right prompt; an empty one starts at an end-of-text token
-            return self.tokenizer.encode(prefix) or sorted(self.end_ids)[:1] or [0]
-        return self.fim.prompt(self.tokenizer.encode(prefix), self.tokenizer.encode(suffix))
+            return prefix_ids or sorted(self.end_ids)[:1] or [0], forced
+        return self.fim.prompt(prefix_ids, self.tokenizer.encode(suffix)), forced
 
     def complete(self, prefix: str, suffix: str = "", *, max_tokens: int = 64,
                  sampling: Sampling = Sampling(), stop: tuple[str, ...] = (), n_indent: int = 0,
                  single_line: bool = False, extra: tuple[tuple[str, str], ...] = (),
-                 time_budget_ms: float | None = None, slots: SlotPool | None = None,
-                 reuse: bool = True, abort: Callable[[], bool] | None = None,
+                 cursor_mode: str = "exact", time_budget_ms: float | None = None,
+                 slots: SlotPool | None = None, reuse: bool = True,
+                 abort: Callable[[], bool] | None = None,
                  on_text: Callable[[str], None] | None = None) -> Completion:
         """The completion at the cursor between `prefix` and `suffix`.
 
-        With `slots`, the prompt runs in a KV cache slot, reusing the longest cached prefix unless
+        `cursor_mode` says how a prefix that ends inside a token is handled (cursor.py). With
+        `slots`, the prompt runs in a KV cache slot, reusing the longest cached prefix unless
         `reuse` is off; `max_tokens=0` then only fills a slot (a warm-up). `abort` is polled after
         every token; `on_text` receives the text as it becomes final, in pieces whose
         concatenation is the completion.
@@ -106,39 +126,96 @@ class Engine:
             raise ValueError("max_tokens must be >= 0")
         start = time.perf_counter()
         max_tokens = min(max_tokens, self.context // 2)
-        prompt = self.prompt_ids(prefix, suffix, max_tokens, extra)
+        prompt, forced = self.prompt_ids(prefix, suffix, max_tokens, extra, cursor_mode)
         rule = StopRule(self.tokenizer, prefix, suffix, stop_strings=stop, n_indent=n_indent,
                         single_line=single_line)
-        deadline = start + time_budget_ms / 1000 if time_budget_ms else None
-        reason, sent = None, ""
-
-        def should_stop(token: int) -> bool:
-            nonlocal reason, sent
-            if rule(token):
-                return True
-            if on_text is not None:
-                committed = rule.committed()
-                if len(committed) > len(sent):
-                    on_text(committed[len(sent):])
-                    sent = committed
-            if abort is not None and abort():
-                reason = "aborted"
-            elif deadline is not None and time.perf_counter() > deadline:
-                reason = "time"
-            return reason is not None
-
+        out = _Output(rule, on_text, abort,
+                      start + time_budget_ms / 1000 if time_budget_ms else None)
         slot, cached = slots.acquire(prompt, reuse) if slots is not None else (None, 0)
+        cache = slot.cache if slot else self.model.new_cache(1, self.context)
+        vocab = len(self.tokenizer.token_bytes)
+        generator = sampling.generator()
+        path: tuple[int, ...] = ()
+        passes, cursor_ms, ended, stepped = 0, 0.0, False, 0
         with torch.inference_mode():
-            gen = generate(self.model, prompt, max_tokens, end_ids=self.end_ids,
-                           sampling=sampling, should_stop=should_stop,
-                           cache=slot.cache if slot else None, cached=cached,
-                           vocab_limit=len(self.tokenizer.token_bytes))
+            t0 = time.perf_counter()
+            cached = min(cached, len(prompt) - 1)  # the last prompt token is run: its logits are needed
+            logits = prefill(self.model, cache, prompt[cached:], cached)
+            prefill_ms = (time.perf_counter() - t0) * 1000
+            if cursor_mode == "exact" and forced and max_tokens > 0:
+                t0 = time.perf_counter()
+                scorer = cursor.ModelScorer(self.model, cache, len(prompt), logits, vocab)
+                begun = cursor.ExactCursor(self.tokenizer, scorer, forced, self.end_ids).run(
+                    sampling, generator, out.feed, max_bytes=min(cursor.MAX_BYTES, max_tokens))
+                ended = begun.ended
+                if ended:
+                    path = scorer.laid
+                else:
+                    path, logits = begun.seq, scorer.lay(begun.seq)
+                forced, passes, stepped = begun.need, scorer.passes, len(begun.text)
+                cursor_ms = (time.perf_counter() - t0) * 1000
+            if ended:
+                gen = Generation(finish_reason="stop", cache_valid=len(prompt) + len(path))
+            else:
+                out.skip = len(forced)
+                constraint = cursor.Constraint(self.tokenizer, forced) if forced else None
+                room = cache.max_seq - len(prompt) - len(path)
+                gen = generate(self.model, prompt + list(path), min(max_tokens - stepped, room),
+                               end_ids=self.end_ids, sampling=sampling,
+                               should_stop=out.feed_token, cache=cache,
+                               cached=len(prompt) + len(path), vocab_limit=vocab, logits=logits,
+                               constraint=constraint, generator=generator)
         if slot is not None:
-            slot.ids = (prompt + gen.tokens)[:gen.cache_valid]
-        text = rule.text()
-        if on_text is not None and len(text) > len(sent):
-            on_text(text[len(sent):])
-        return Completion(text=text, tokens=len(gen.tokens), finish_reason=reason or gen.finish_reason,
-                          prompt_tokens=len(prompt), prompt_evaluated=gen.prompt_evaluated,
-                          prefill_ms=gen.prefill_s * 1000, decode_ms=gen.decode_s * 1000,
-                          total_ms=(time.perf_counter() - start) * 1000, stop_string=rule.matched)
+            slot.ids = (prompt + list(path) + gen.tokens)[:gen.cache_valid]
+        text = out.finish()
+        return Completion(text=text, tokens=stepped + len(gen.tokens),
+                          finish_reason=out.reason or gen.finish_reason,
+                          prompt_tokens=len(prompt), prompt_evaluated=len(prompt) - cached,
+                          prefill_ms=prefill_ms, decode_ms=gen.decode_s * 1000,
+                          total_ms=(time.perf_counter() - start) * 1000, stop_string=rule.matched,
+                          cursor_ms=cursor_ms, cursor_passes=passes)
+
+
+class _Output:
+    """The generated bytes on their way out: the stop rule, the abort and the time budget see
+    each piece, and `on_text` gets the text as it becomes final. The first `skip` bytes of the
+    token phase are text the completion already holds (or the user typed) and are passed over."""
+
+    def __init__(self, rule: StopRule, on_text: Callable[[str], None] | None,
+                 abort: Callable[[], bool] | None, deadline: float | None):
+        self.rule, self.on_text, self.abort, self.deadline = rule, on_text, abort, deadline
+        self.skip = 0
+        self.sent = ""
+        self.reason: str | None = None  # "aborted" or "time"
+        self.stopped = False
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next bytes; True when the completion must end here."""
+        if self.skip:
+            taken = min(self.skip, len(data))
+            data, self.skip = data[taken:], self.skip - taken
+        if data and self.rule.feed(data):
+            self.stopped = True
+            return True
+        if self.on_text is not None:
+            committed = self.rule.committed()
+            if len(committed) > len(self.sent):
+                self.on_text(committed[len(self.sent):])
+                self.sent = committed
+        if self.abort is not None and self.abort():
+            self.reason = "aborted"
+        elif self.deadline is not None and time.perf_counter() > self.deadline:
+            self.reason = "time"
+        return self.reason is not None
+
+    def feed_token(self, token: int) -> bool:
+        return self.feed(self.rule.token_bytes[token])
+
+    def ended(self) -> bool:
+        return self.stopped or self.reason is not None
+
+    def finish(self) -> str:
+        text = self.rule.text()
+        if self.on_text is not None and len(text) > len(self.sent):
+            self.on_text(text[len(self.sent):])
+        return text

@@ -10,11 +10,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from .model import KVCache, Transformer
+
+
+class Constraint(Protocol):
+    """Limits the next token: `allowed()` gives its ids (None: any); `advance` sees the choice."""
+
+    def allowed(self) -> list[int] | None: ...
+
+    def advance(self, token: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -86,27 +95,39 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
              end_ids: frozenset[int] = frozenset(), sampling: Sampling = Sampling(),
              should_stop: Callable[[int], bool] | None = None,
              cache: KVCache | None = None, cached: int = 0,
-             vocab_limit: int | None = None) -> Generation:
+             vocab_limit: int | None = None, logits: Tensor | None = None,
+             constraint: Constraint | None = None,
+             generator: torch.Generator | None = None) -> Generation:
     """Generate up to `max_new_tokens` after `prompt`.
 
     Stops at a token in `end_ids` (not included in the output) or when `should_stop(token)` says
     so after that token was appended. With `cache`, its first `cached` positions must already hold
-    `prompt[:cached]` (KV reuse): only the rest of the prompt is run. Ids >= `vocab_limit` are
-    never sampled (checkpoints often pad the embedding past the tokenizer's vocabulary).
+    `prompt[:cached]` (KV reuse): only the rest of the prompt is run; a caller that has run all of
+    it passes the `logits` after it instead. Ids >= `vocab_limit` are never sampled (checkpoints
+    often pad the embedding past the tokenizer's vocabulary). A `constraint` limits the first
+    tokens to the ids it allows.
     """
     out = Generation()
     if cache is None:
         cache, cached = model.new_cache(1, len(prompt) + max_new_tokens), 0
-    cached = min(cached, len(prompt) - 1)  # the last prompt token is always run: its logits are needed
     t0 = time.perf_counter()
-    logits = prefill(model, cache, prompt[cached:], cached)
-    out.prompt_evaluated = len(prompt) - cached
+    if logits is None:
+        cached = min(cached, len(prompt) - 1)  # the last prompt token is run: its logits are needed
+        logits = prefill(model, cache, prompt[cached:], cached)
+        out.prompt_evaluated = len(prompt) - cached
     out.cache_valid = len(prompt)
     out.prefill_s = time.perf_counter() - t0
-    generator = sampling.generator()
+    generator = generator if generator is not None else sampling.generator()
     t0 = time.perf_counter()
     for i in range(max_new_tokens):
-        token = sample(logits[:vocab_limit], sampling, generator)
+        logits = logits[:vocab_limit]
+        if constraint is not None and (allowed := constraint.allowed()) is not None:
+            keep = torch.full_like(logits, float("-inf"))
+            keep[allowed] = 0
+            logits = logits + keep
+        token = sample(logits, sampling, generator)
+        if constraint is not None:
+            constraint.advance(token)
         if token in end_ids:
             out.finish_reason = "stop"
             break

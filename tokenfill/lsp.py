@@ -9,7 +9,8 @@
   supersedes the older one, whose engine work is aborted; `$/cancelRequest` aborts it too.
 - Settings from `initializationOptions` or `workspace/didChangeConfiguration` (under `tokenfill`
   or flat): `model` (checkpoint directory), `serverUrl` (a running `tokenfill serve` to use
-  instead of an in-process engine), `maxTokens`, `singleLine`, `debounceMs`.
+  instead of an in-process engine), `maxTokens`, `singleLine`, `debounceMs`, `cursorMode`
+  (`exact`, `heal` or `none`: how a cursor inside a token is handled).
 - Accepted and rejected completions are counted (an item's `tokenfill.accept` command, or llm-ls's
   `llm-ls/acceptCompletion` / `llm-ls/rejectCompletion`); `tokenfill/stats` returns the counts.
 - `llm-ls/getCompletions` is answered too, so llm.nvim, llm-vscode and llm-intellij work unchanged.
@@ -30,6 +31,7 @@ from pygls.lsp.server import LanguageServer
 
 from . import __version__
 from .checkpoint import BUNDLED_MODEL
+from .cursor import CURSOR_MODES
 from .generate import Sampling
 
 log = logging.getLogger("tokenfill.lsp")
@@ -43,6 +45,7 @@ class LspSettings:
     maxTokens: int = 64           # noqa: N815
     singleLine: bool = False      # noqa: N815
     debounceMs: int = 40          # noqa: N815
+    cursorMode: str = "exact"     # noqa: N815
 
     def update(self, options: Any) -> None:
         if not isinstance(options, dict):
@@ -50,7 +53,10 @@ class LspSettings:
         options = options.get("tokenfill", options)
         known = {f.name: f.type for f in fields(self)}
         for key, value in options.items():
-            if key in known and value is not None:
+            if key == "cursorMode" and value not in CURSOR_MODES:
+                log.warning("ignored cursorMode %r: expected one of %s", value,
+                            ", ".join(CURSOR_MODES))
+            elif key in known and value is not None:
                 setattr(self, key, value)
 
 
@@ -74,11 +80,12 @@ class InProcessBackend:
         self.worker = Worker(Engine.load(model), n_slots=2)
 
     async def complete(self, key: str, prefix: str, suffix: str, max_tokens: int,
-                       single_line: bool, sampling: Sampling) -> str:
+                       single_line: bool, sampling: Sampling, cursor_mode: str) -> str:
         from .worker import Job
 
         job = Job(options=dict(prefix=prefix, suffix=suffix, max_tokens=max_tokens,
-                               single_line=single_line, sampling=sampling), key=key)
+                               single_line=single_line, sampling=sampling,
+                               cursor_mode=cursor_mode), key=key)
         self.worker.submit(job)
         try:
             while True:
@@ -102,8 +109,8 @@ class RemoteBackend:
         self.client = httpx.AsyncClient(timeout=60)
 
     async def complete(self, key: str, prefix: str, suffix: str, max_tokens: int,
-                       single_line: bool, sampling: Sampling) -> str:
-        r = await self.client.post(self.url + "/infill", json={
+                       single_line: bool, sampling: Sampling, cursor_mode: str) -> str:
+        r = await self.client.post(self.url + "/infill", json={"cursor_mode": cursor_mode,
             "input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
             "temperature": sampling.temperature, "seed": -1 if sampling.seed is None else sampling.seed,
             "id_slot": key, "cache_prompt": True})
@@ -153,7 +160,8 @@ class TokenfillServer(LanguageServer):
             for i in range(n):
                 sampling = Sampling() if i == 0 else Sampling(temperature=0.7, top_p=0.95, seed=i)
                 text = await self.backend.complete(uri, prefix, suffix, self.settings.maxTokens,
-                                                   self.settings.singleLine, sampling)
+                                                   self.settings.singleLine, sampling,
+                                                   self.settings.cursorMode)
                 if self.latest.get(uri) != ticket:
                     self.counts.superseded += 1
                     return None

@@ -45,6 +45,7 @@ class ServerSettings:
     max_body_bytes: int = 2 * 2**20
     n_slots: int = 4
     cache_reuse: bool = True
+    cursor_mode: str = "exact"                       # for requests that do not say (cursor.py)
     default_max_tokens: int = 64
     open_paths: tuple[str, ...] = ("/health", "/")   # reachable without the API key
 

@@ -8,6 +8,7 @@ every token, for UTF-8-safe streaming and byte-level work.
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterable
 from functools import cached_property
@@ -107,10 +108,46 @@ class Tokenizer:
                 table[i] = piece.replace("\u2581", " ").encode()
         return table
 
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of added (control) tokens: never part of a text's encoding."""
+        return frozenset(self._tok.get_added_tokens_decoder())
+
+    @cached_property
+    def prefix_index(self) -> PrefixIndex:
+        """Ordinary tokens sorted by their bytes, to find every token that starts with some bytes."""
+        table = self.token_bytes
+        return PrefixIndex([(table[i], i) for i in range(len(table))
+                            if table[i] and i not in self.special_ids])
+
     @staticmethod
     def _detect_decoder(spec: dict | None) -> str:
         """'bytelevel' (GPT-2 style byte stand-ins) or 'metaspace' (sentencepiece style)."""
         return "metaspace" if spec and "ByteLevel" not in json.dumps(spec) else "bytelevel"
+
+
+class PrefixIndex:
+    """Tokens sorted as byte strings: those starting with `p` are one contiguous run."""
+
+    def __init__(self, entries: list[tuple[bytes, int]]):
+        entries.sort()
+        self.keys = [b for b, _ in entries]
+        self.ids = [i for _, i in entries]
+        self.by_bytes = dict(entries)
+
+    def starting_with(self, prefix: bytes) -> list[int]:
+        """Ids of the tokens whose bytes start with `prefix` (every token for b"")."""
+        lo = bisect.bisect_left(self.keys, prefix)
+        stripped = prefix.rstrip(b"\xff")
+        if stripped:  # the first string past the run: the last byte that can grow, grown
+            hi = bisect.bisect_left(self.keys, stripped[:-1] + bytes([stripped[-1] + 1]), lo)
+        else:  # b"" or all 0xff: the run goes to the end
+            hi = len(self.keys)
+        return self.ids[lo:hi]
+
+    def prefixes_of(self, data: bytes) -> list[int]:
+        """Ids of the tokens whose bytes are a non-empty prefix of `data` (shortest first)."""
+        return [i for k in range(1, len(data) + 1) if (i := self.by_bytes.get(data[:k])) is not None]
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = True) -> Tokenizer:

@@ -6,7 +6,8 @@ local id = vim.lsp.start_client({
   name = "tokenfill",
   cmd = cmd,
   root_dir = vim.fn.getcwd(),
-  init_options = { model = vim.env.TOKENFILL_MODEL, debounceMs = 0, maxTokens = 6 },
+  -- the fake model says only "a" or "b", never a partial word: plain prompts test the plumbing
+  init_options = { model = vim.env.TOKENFILL_MODEL, debounceMs = 0, maxTokens = 6, cursorMode = "none" },
   on_init = function() ready = true end,
 })
 vim.cmd("edit " .. vim.env.TOKENFILL_FILE)

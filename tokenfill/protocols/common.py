@@ -15,6 +15,7 @@ from typing import Any
 from starlette.requests import Request
 
 from ..completion import Completion
+from ..cursor import CURSOR_MODES
 from ..worker import Job
 
 MISSING = object()
@@ -91,7 +92,19 @@ def stop_strings(body: dict, name: str = "stop", where: str = "", most: int = 16
     raise bad(f"field '{where}{name}' must be a string or an array of at most {most} strings")
 
 
+def cursor_option(body: dict) -> dict:
+    """`cursor_mode` (any protocol): how a cursor inside a token is handled; absent: the server's
+    default."""
+    mode = field(body, "cursor_mode", str, None)
+    if mode is None:
+        return {}
+    if mode not in CURSOR_MODES:
+        raise bad(f"field 'cursor_mode' must be one of {', '.join(CURSOR_MODES)}, not {mode!r}")
+    return {"cursor_mode": mode}
+
+
 def submit(request: Request, options: dict, key: str | None) -> Job:
+    options = {"cursor_mode": request.app.state.settings.cursor_mode, **options}
     worker = request.app.state.worker
     if worker is None:
         error = request.app.state.load_error

@@ -16,7 +16,10 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..generate import Sampling
-from .common import HTTPError, bad, client_key, error_event, field, read_json, run, sse, stop_strings, stream
+from .common import (
+    HTTPError, bad, client_key, cursor_option, error_event, field, read_json, run, sse,
+    stop_strings, stream,
+)
 
 MAX_PREDICT = 256
 
@@ -40,7 +43,8 @@ def options_of(body: dict, default_max_tokens: int) -> dict:
     except ValueError as e:
         raise bad(f"field {e}") from None
     budget = field(body, "t_max_predict_ms", float, 0, low=0)
-    return dict(prefix=field(body, "input_prefix", str, "") + field(body, "prompt", str, ""),
+    return dict(**cursor_option(body),
+                prefix=field(body, "input_prefix", str, "") + field(body, "prompt", str, ""),
                 suffix=field(body, "input_suffix", str, ""), extra=tuple(extra),
                 max_tokens=MAX_PREDICT if n_predict < 0 else n_predict, sampling=sampling,
                 stop=stop_strings(body), n_indent=field(body, "n_indent", int, 0, low=0),
