@@ -218,16 +218,24 @@ def test_constraint_spells_what_was_taken_back(tokenizer):
 def test_model_scorer_tree_and_lay_agree_with_full_recompute(tokenizer, tiny_model):
     prompt = tokenizer.encode("def add(a, b):\n    return")
     cache = tiny_model.new_cache(1, 128)
-    last = tiny_model(torch.tensor([prompt]), 0, cache)[0, -1]
-    scorer = ModelScorer(tiny_model, cache, len(prompt), last, tokenizer.vocab_size)
-    paths = [tuple(tokenizer.encode(s)) for s in [" a", " a +", " add", " b", " a + b"]]
-    got = scorer.logprobs(paths)
-    for path, lp in zip(paths, got):
+    tiny_model(torch.tensor([prompt[:5]]), 0, cache)  # part of the prompt already cached
+    scorer = ModelScorer(tiny_model, cache, prompt, 5, tokenizer.vocab_size)
+    paths = [tuple(tokenizer.encode(s)) for s in [" a", " a +", " add", " b"]]
+    more = [tuple(tokenizer.encode(s)) for s in [" a + b", " b -", " c"]]
+
+    def check(path, lp):
         want = reference_logits(tiny_model, torch.tensor([prompt + list(path)]))[0, -1]
         torch.testing.assert_close(lp, torch.log_softmax(want.double(), -1), atol=1e-4, rtol=1e-4)
-    assert scorer.passes == 1  # one tree pass for all paths
-    path = paths[-1]
-    logits = scorer.lay(path)
+
+    for path, lp in zip([(), *paths], scorer.logprobs([(), *paths])):
+        check(path, lp)
+    assert scorer.passes == 1  # the rest of the prompt and every path in one pass
+    for path, lp in zip(more, scorer.logprobs(more)):  # new nodes, on top of the first ones
+        check(path, lp)
+    assert scorer.passes == 2
+    path = more[0]
+    logits = scorer.lay(path)  # moved into place, not run again
+    assert scorer.passes == 2
     nxt = int(logits.argmax())
     after = tiny_model(torch.tensor([[nxt]]), len(prompt) + len(path), cache)[0, -1]
     want = reference_logits(tiny_model, torch.tensor([prompt + list(path) + [nxt]]))[0, -1]

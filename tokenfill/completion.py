@@ -36,8 +36,8 @@ class Completion:
     decode_ms: float
     total_ms: float
     stop_string: str = ""      # the stop string that ended it, if one did
-    cursor_ms: float = 0.0     # spent generating the partial word's bytes one at a time (exact)
-    cursor_passes: int = 0     # forward passes that took (beyond the prompt's)
+    cursor_ms: float = 0.0     # exact: the prompt and the partial word's bytes, one at a time
+    cursor_passes: int = 0     # exact: forward passes that took (the first runs the prompt too)
 
 
 class Engine:
@@ -136,24 +136,22 @@ class Engine:
         vocab = len(self.tokenizer.token_bytes)
         generator = sampling.generator()
         path: tuple[int, ...] = ()
-        passes, cursor_ms, ended, stepped = 0, 0.0, False, 0
+        passes, cursor_ms, prefill_ms, ended, stepped = 0, 0.0, 0.0, False, 0
+        cached = min(cached, len(prompt) - 1)  # the last prompt token is run: its logits are needed
         with torch.inference_mode():
             t0 = time.perf_counter()
-            cached = min(cached, len(prompt) - 1)  # the last prompt token is run: its logits are needed
-            logits = prefill(self.model, cache, prompt[cached:], cached)
-            prefill_ms = (time.perf_counter() - t0) * 1000
             if cursor_mode == "exact" and forced and max_tokens > 0:
-                t0 = time.perf_counter()
-                scorer = cursor.ModelScorer(self.model, cache, len(prompt), logits, vocab)
+                scorer = cursor.ModelScorer(self.model, cache, prompt, cached, vocab)
                 begun = cursor.ExactCursor(self.tokenizer, scorer, forced, self.end_ids).run(
                     sampling, generator, out.feed, max_bytes=min(cursor.MAX_BYTES, max_tokens))
                 ended = begun.ended
-                if ended:
-                    path = scorer.laid
-                else:
+                if not ended:
                     path, logits = begun.seq, scorer.lay(begun.seq)
                 forced, passes, stepped = begun.need, scorer.passes, len(begun.text)
                 cursor_ms = (time.perf_counter() - t0) * 1000
+            else:
+                logits = prefill(self.model, cache, prompt[cached:], cached)
+                prefill_ms = (time.perf_counter() - t0) * 1000
             if ended:
                 gen = Generation(finish_reason="stop", cache_valid=len(prompt) + len(path))
             else:

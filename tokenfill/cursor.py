@@ -28,6 +28,7 @@ not considered), and tokens with P(t | seq) below `floor` are dropped rather tha
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,12 @@ class Group:
     end: float = 0.0                                    # P(end | seq), for q == b""
     open_from: int = 0  # tokens that are a prefix of q and longer than this open groups when resolved
 
+    def arrays(self) -> tuple[Tensor, Tensor]:
+        """Each token's byte after q, and its probability, as tensors (for the byte masses)."""
+        n = len(self.q)
+        return (torch.tensor([data[n] for data, _, _ in self.tokens]),
+                torch.tensor([p for _, p, _ in self.tokens], dtype=torch.float64))
+
 
 @dataclass
 class ByteStart:
@@ -121,7 +128,7 @@ class ExactCursor:
     """Generates the bytes after a partial word from the exact next-byte distribution."""
 
     def __init__(self, tokenizer: Tokenizer, scorer: Scorer, partial: bytes,
-                 end_ids: frozenset[int], *, floor: float = 1e-6):
+                 end_ids: frozenset[int], *, floor: float = 1e-4):
         self.tok, self.scorer, self.end_ids, self.floor = tokenizer, scorer, end_ids, floor
         self.index: PrefixIndex = tokenizer.prefix_index
         self.y = partial
@@ -145,9 +152,8 @@ class ExactCursor:
         within = [i for i in self.index.prefixes_of(g.q) if len(table[i]) > g.open_from]
         ids = longer + within
         probs = logprobs[ids].exp().tolist() if ids else []
-        kept = [(i, p) for i, p in zip(ids, probs) if p >= self.floor and p > 0]
-        valid = canonical(self.tok, g.seq, self.tok.decode_bytes(g.seq), [i for i, _ in kept])
-        kept = [(i, p) for (i, p), ok in zip(kept, valid) if ok]
+        valid = canonical(self.tok, g.seq, self.tok.decode_bytes(g.seq), ids, probs, self.floor)
+        kept = [(i, p) for i, p, ok in zip(ids, probs, valid) if ok and p > 0]
         g.tokens = [(table[i], p, i) for i, p in kept if len(table[i]) > len(g.q)]
         if not g.q and self._is_encoding(g.seq):
             g.end = float(sum(logprobs[i].exp() for i in self.end_ids if i < logprobs.numel()))
@@ -178,9 +184,9 @@ class ExactCursor:
             if g.tokens is None:
                 pending += weight
                 continue
-            n = len(g.q)
-            for data, p, _ in g.tokens:
-                mass[data[n]] += weight * p
+            if g.tokens:
+                nxt, probs = g.arrays()
+                mass.index_add_(0, nxt, probs * weight)
             if not g.q:
                 mass[END] += weight * g.end
         mass[~utf8_allowed(self.y)] = 0
@@ -232,7 +238,11 @@ class ExactCursor:
         and returns True to end the middle there."""
         text = b""
         while True:
-            b = self.choose(sampling, generator)
+            try:
+                b = self.choose(sampling, generator)
+            except NoRoom:  # go on by tokens from the heaviest path known so far
+                g = max((g for g in self.groups if g.tokens is not None), key=lambda g: g.logp)
+                return ByteStart(text, g.seq, g.q, ended=False)
             if b == END:
                 return ByteStart(text, self.best().seq, b"", ended=True)
             survivors = self.advance(b)
@@ -290,20 +300,46 @@ def split_points(tokenizer: Tokenizer, partial: bytes) -> list[int]:
 PROBES = ("a", "0", ".", "(", " ", "\n", "\u00e9")  # one character of each pretokenizer class
 
 
-def canonical(tokenizer: Tokenizer, seq: tuple[int, ...], text: bytes,
-              candidates: list[int]) -> list[bool]:
+def canonical(tokenizer: Tokenizer, seq: tuple[int, ...], text: bytes, candidates: list[int],
+              probs: list[float] | None = None, floor: float = 0.0) -> list[bool]:
     """For each candidate t: does the tokenizer encode text + bytes(t) as seq + [t]? When that
     text ends in whitespace, it is enough that some text after it makes the encoding start with
-    seq + [t]: a pretokenizer gives the last space of a run to the word that follows.
-    A text that ends inside a character cannot be encoded: then seq + [t] counts (seq did)."""
+    seq + [t]: a pretokenizer gives the last space of a run to the word that follows. A text
+    that ends inside a character cannot be encoded: then seq + [t] counts (seq did).
+
+    Fast path: where t starts a new pretokenizer piece after text (seq being text's encoding),
+    the answer is whether t is a whole piece encoded as itself; only the candidates that would
+    continue text's last piece are encoded, and of those only the ones with a probability of at
+    least `floor` (the others are answered False)."""
+    out = [False] * len(candidates)
+    check = list(range(len(candidates)))
+    try:
+        text_str = text.decode()
+        strict = tuple(tokenizer.encode(text_str)) == seq
+    except UnicodeDecodeError:
+        text_str, strict = "", False
+    if strict:
+        pieces, whole, starts = tokenizer.pretokenize(text_str), tokenizer.whole_pieces, {}
+        check = []
+        for k, t in enumerate(candidates):
+            c = _first_char(tokenizer.token_bytes[t])
+            if c is not None and whole[t] is not None:
+                if c not in starts:
+                    after = tokenizer.pretokenize(text_str + c)
+                    starts[c] = after[:-1] == pieces and after[-1][0] == len(text_str)
+                if starts[c]:
+                    out[k] = whole[t]
+                    continue
+            check.append(k)
+    if probs is not None:
+        check = [k for k in check if probs[k] >= floor]
     strings, where = [], []
-    for k, t in enumerate(candidates):
+    for k in check:
         try:
-            strings.append((text + tokenizer.token_bytes[t]).decode())
+            strings.append((text + tokenizer.token_bytes[candidates[k]]).decode())
             where.append(k)
         except UnicodeDecodeError:
-            continue
-    out = [True] * len(candidates)
+            out[k] = True
     retry = []
     for k, string, ids in zip(where, strings, tokenizer.encode_batch(strings) if strings else []):
         out[k] = tuple(ids) == (*seq, candidates[k])
@@ -318,10 +354,23 @@ def canonical(tokenizer: Tokenizer, seq: tuple[int, ...], text: bytes,
     return out
 
 
+def _first_char(data: bytes) -> str | None:
+    for n in range(1, min(4, len(data)) + 1):
+        try:
+            return data[:n].decode()
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
 def utf8_allowed(data: bytes) -> Tensor:
     """(257,) bool: which next bytes keep `data` a prefix of valid UTF-8, and whether it may end."""
+    return _utf8_allowed_after(_incomplete_tail(data)).clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _utf8_allowed_after(tail: bytes) -> Tensor:
     allowed = torch.zeros(END + 1, dtype=torch.bool)
-    tail = _incomplete_tail(data)
     for b in range(256):
         try:
             (tail + bytes([b])).decode()
@@ -342,65 +391,76 @@ def _incomplete_tail(data: bytes) -> bytes:
     return b""
 
 
+class NoRoom(Exception):
+    """The KV cache has no room left for more paths."""
+
+
 class ModelScorer:
     """Next-token log-probabilities for token paths that branch off the prompt in the KV cache.
 
-    The prompt's keys and values sit at [0, P). A call lays every prefix of the asked paths after
-    it as a tree (each node at the RoPE position of its depth, seeing the prompt and its
-    ancestors) and runs them in one forward pass. `lay` then puts one path at [P, P + len) in the
-    plain order decoding needs."""
+    Paths form a tree: each node (a path) gets its own cache position, after the prompt, the
+    first time it is asked for, at the RoPE position of its depth and seeing the prompt and its
+    ancestors. A pass runs every new node at once; the first also runs the prompt's tokens not
+    yet in the cache. `lay` then moves one path's keys and values to [P, P + len), the plain
+    layout decoding goes on from, without running the model again."""
 
-    def __init__(self, model: Transformer, cache: KVCache, prompt_len: int, last_logits: Tensor,
+    def __init__(self, model: Transformer, cache: KVCache, prompt: list[int], cached: int,
                  vocab_limit: int):
-        self.model, self.cache, self.P, self.vocab = model, cache, prompt_len, vocab_limit
-        self.memo: dict[tuple[int, ...], Tensor] = {(): self._logprobs(last_logits)}
-        self.raw: dict[tuple[int, ...], Tensor] = {(): last_logits}
-        self.laid: tuple[int, ...] = ()  # the path whose keys and values sit at [P, P + len)
+        self.model, self.cache, self.vocab = model, cache, vocab_limit
+        self.P = len(prompt)
+        self.tail = prompt[min(cached, self.P - 1):]  # run with the first pass
+        self.start = self.P - len(self.tail)
+        self.slot: dict[tuple[int, ...], int] = {}
+        self.end = self.P                               # the next free cache position
+        self.memo: dict[tuple[int, ...], Tensor] = {}
+        self.raw: dict[tuple[int, ...], Tensor] = {}
         self.passes = 0
 
-    def _logprobs(self, logits: Tensor) -> Tensor:
-        return torch.log_softmax(logits[:self.vocab].double(), dim=-1)
-
     def logprobs(self, seqs: list[tuple[int, ...]]) -> list[Tensor]:
-        missing = sorted({s[:k] for s in seqs for k in range(1, len(s) + 1)
-                          if s[:k] not in self.memo})
-        if missing:
-            nodes = sorted({n[:k] for n in missing for k in range(1, len(n) + 1)})
-            self._run_tree(nodes)
+        missing = {s[:k] for s in seqs for k in range(1, len(s) + 1)} - self.memo.keys()
+        if missing or self.tail:
+            self._run(sorted(missing))
         return [self.memo[s] for s in seqs]
 
-    def _run_tree(self, nodes: list[tuple[int, ...]]) -> None:
-        index = {n: k for k, n in enumerate(nodes)}
-        N = len(nodes)
-        mask = torch.zeros(N, self.P + N, dtype=torch.bool)
-        mask[:, :self.P] = True
+    def _run(self, nodes: list[tuple[int, ...]]) -> None:
+        tail, P = self.tail, self.P
+        start = self.start if tail else self.end
+        T = len(tail) + len(nodes)
+        if self.end + len(nodes) > self.cache.max_seq:
+            raise NoRoom
         for k, n in enumerate(nodes):
-            for d in range(1, len(n) + 1):
-                mask[k, self.P + index[n[:d]]] = True
-        positions = torch.tensor([self.P + len(n) - 1 for n in nodes])
-        tokens = torch.tensor([[n[-1] for n in nodes]])
-        logits = self.model(tokens, self.P, self.cache, positions=positions, mask=mask)[0]
+            self.slot[n] = self.end + k
+        mask = torch.zeros(T, start + T, dtype=torch.bool)
+        for r in range(len(tail)):  # the prompt's own tokens: causal
+            mask[r, :start + r + 1] = True
+        for k, n in enumerate(nodes):
+            row = len(tail) + k
+            mask[row, :P] = True
+            mask[row, [self.slot[n[:d]] for d in range(1, len(n) + 1)]] = True
+        positions = torch.tensor([*range(start, P), *(P + len(n) - 1 for n in nodes)])
+        tokens = torch.tensor([[*tail, *(n[-1] for n in nodes)]])
+        logits = self.model(tokens, start, self.cache, positions=positions, mask=mask)[0]
         self.passes += 1
+        if tail:
+            self._keep((), logits[len(tail) - 1])
+            self.tail = []
         for k, n in enumerate(nodes):
-            self.raw[n] = logits[k]
-            self.memo[n] = self._logprobs(logits[k])
-        chain = 0  # sorted order lays the first branch contiguously from P
-        while (chain < N and len(nodes[chain]) == chain + 1
-               and (chain == 0 or nodes[chain][:-1] == nodes[chain - 1])):
-            chain += 1
-        self.laid = nodes[chain - 1] if chain else ()
+            self._keep(n, logits[len(tail) + k])
+        self.end += len(nodes)
+
+    def _keep(self, node: tuple[int, ...], logits: Tensor) -> None:
+        self.raw[node] = logits
+        self.memo[node] = torch.log_softmax(logits[:self.vocab].double(), dim=-1)
 
     def lay(self, seq: tuple[int, ...]) -> Tensor:
-        """Put `seq` at [P, P + len(seq)) and return the logits after it."""
-        common = 0
-        while common < min(len(seq), len(self.laid)) and seq[common] == self.laid[common]:
-            common += 1
-        if common < len(seq):
-            tail = torch.tensor([seq[common:]])
-            logits = self.model(tail, self.P + common, self.cache)[0, -1]
-            self.passes += 1
-            self.raw[seq] = logits
-        self.laid = seq
+        """Move `seq`'s keys and values to [P, P + len(seq)); the logits after it. Other paths'
+        entries are then gone: this ends the scorer's use."""
+        if seq not in self.raw:
+            self.logprobs([seq])
+        if seq:
+            slots = torch.tensor([self.slot[seq[:d]] for d in range(1, len(seq) + 1)])
+            self.cache.move(slots, self.P)
+        self.slot, self.end = {}, self.P + len(seq)
         return self.raw[seq]
 
 

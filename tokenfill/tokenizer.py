@@ -114,6 +114,23 @@ class Tokenizer:
         return frozenset(self._tok.get_added_tokens_decoder())
 
     @cached_property
+    def whole_pieces(self) -> list[bool | None]:
+        """Per token: is its text one pretokenizer piece that encodes as this token alone?
+        (None where the text is not whole UTF-8 characters, or for special tokens.)"""
+        table, out = self.token_bytes, [None] * len(self.token_bytes)
+        texts = {}
+        for i, data in enumerate(table):
+            if data and i not in self.special_ids:
+                try:
+                    texts[i] = data.decode()
+                except UnicodeDecodeError:
+                    continue
+        ids = list(texts)
+        for i, enc in zip(ids, self.encode_batch([texts[i] for i in ids])):
+            out[i] = enc == [i] and len(self.pretokenize(texts[i])) == 1
+        return out
+
+    @cached_property
     def prefix_index(self) -> PrefixIndex:
         """Ordinary tokens sorted by their bytes, to find every token that starts with some bytes."""
         table = self.token_bytes
