@@ -31,11 +31,12 @@ def test_cursor_outside_the_file(line, column, message):
         cursor_offset("ab\ncd\n", line, column)
 
 
-def test_complete_prints_the_completion(tmp_path, model_dir):
+@pytest.mark.parametrize("mode", ["exact", "heal", "none"])
+def test_complete_prints_the_completion(tmp_path, model_dir, mode):
     source = tmp_path / "a.py"
     source.write_text("def f(x):\n    return x\n")
-    result = run("complete", source, "--line", 2, "--column", 12, "--model", model_dir,
-                 "--max-tokens", 4, "--dtype", "fp32")
+    result = run("complete", source, "--line", 2, "--column", 9, "--model", model_dir,
+                 "--max-tokens", 4, "--dtype", "fp32", "--cursor-mode", mode)
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
 
@@ -45,6 +46,7 @@ def test_complete_prints_the_completion(tmp_path, model_dir):
     (["a.py", "--line", "9", "--column", "1"], "line 9 is outside"),
     (["a.py", "--line", "1", "--column", "1", "--max-tokens", "0"], "max-tokens"),
     (["a.py", "--line", "1", "--column", "1", "--model", "nowhere"], "cannot load model"),
+    (["a.py", "--line", "1", "--column", "1", "--cursor-mode", "fuzzy"], "--cursor-mode"),
 ])
 def test_complete_bad_input(tmp_path, model_dir, args, message):
     (tmp_path / "a.py").write_text("x = 1\n")

@@ -7,6 +7,7 @@ import pytest
 from tokenfill.completion import Engine
 from tokenfill.fim import FimUnsupportedError
 from tokenfill.generate import Sampling
+from tokenfill.slots import SlotPool
 
 from .test_fim import family_tokenizer
 
@@ -110,3 +111,37 @@ def test_model_vocab_larger_than_tokenizer_never_yields_unknown_ids(tiny_model):
     with pytest.raises(FimUnsupportedError, match="suffix"):
         engine.complete("a = ", "b", max_tokens=2)
     assert isinstance(engine.complete("", max_tokens=2).text, str)  # an empty prompt is fine
+
+
+def test_cursor_modes_take_back_the_end_of_the_prefix(engine):
+    prefix = "def f(self):\n    return self.resu"
+    plain, none = engine.prompt_ids(prefix, "\n", max_tokens=8, cursor_mode="none")
+    exact, partial = engine.prompt_ids(prefix, "\n", max_tokens=8, cursor_mode="exact")
+    healed, taken = engine.prompt_ids(prefix, "\n", max_tokens=8, cursor_mode="heal")
+    assert none == b"" and partial == b"resu" and taken and b"resu".endswith(taken)
+    text = engine.tokenizer.decode
+    assert "self.resu" in text(plain) and "self.resu" not in text(exact) and "self." in text(exact)
+    assert text(healed).replace("<fim_suffix>", taken.decode() + "<fim_suffix>", 1) == text(plain)
+    with pytest.raises(ValueError, match="cursor_mode"):
+        engine.prompt_ids(prefix, "", max_tokens=8, cursor_mode="fuzzy")
+
+
+@pytest.mark.parametrize("mode", ["exact", "heal", "none"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_every_mode_streams_whole_text_within_limits(engine, mode, temperature):
+    pieces = []
+    result = engine.complete("x = {'key': 'val", "}\n", max_tokens=12, cursor_mode=mode,
+                             sampling=Sampling(temperature=temperature, seed=1),
+                             on_text=pieces.append)
+    assert "".join(pieces) == result.text and result.tokens <= 12
+    ("x = {'key': 'val" + result.text).encode("utf-8")
+    assert (result.cursor_passes > 0) == (mode == "exact")
+
+
+def test_exact_typing_a_word_reuses_the_whole_prompt(engine):
+    pool = SlotPool(engine.model, n_slots=1, max_seq=engine.context)
+    engine.complete("import os\nprint(os.pa", ")\n", max_tokens=4, slots=pool)
+    typed = engine.complete("import os\nprint(os.pat", ")\n", max_tokens=4, slots=pool)
+    assert typed.prompt_evaluated == 1  # the partial word is not in the prompt: nothing changed
+    fresh = engine.complete("import os\nprint(os.pat", ")\n", max_tokens=4)
+    assert typed.text == fresh.text

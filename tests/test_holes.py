@@ -13,6 +13,8 @@ class Store:
     def __init__(self, root):
         self.root = root
         self.count = 0
+        self.limit = 4096
+        self.half = self.limit // 2
 
     def path(self, name):
         if name.startswith("/"):
@@ -48,3 +50,31 @@ def test_cutting_is_reproducible():
     a = holes.cut(FILES, "mid-line", 4, seed=3)
     assert a == holes.cut(FILES, "mid-line", 4, seed=3)
     assert a != holes.cut(FILES, "mid-line", 4, seed=4)
+
+
+@pytest.mark.parametrize("kind", holes.TOKEN_KINDS)
+def test_cursor_pairs_put_the_cursor_inside_a_token_and_the_control_at_its_start(kind):
+    pairs = holes.cursor_pairs(FILES, kind, 6, seed=0)
+    assert len(pairs) == 6
+    for pair in pairs:
+        inside, control = pair.inside, pair.control
+        assert inside.prefix + inside.middle + inside.suffix in (SOURCE, FILES[1][1])
+        assert control.prefix + control.middle == inside.prefix + inside.middle
+        assert control.middle.endswith(inside.middle) and len(control.middle) > len(inside.middle)
+        moved = inside.prefix[len(control.prefix):]  # the part of the token before the cursor
+        rest = inside.middle[0]
+        if kind == "indentation":
+            assert moved.strip(" ") == "" and rest == " "
+        elif kind == "identifier":
+            assert (moved + rest).isidentifier()
+        elif kind == "number":
+            assert (moved + rest).isdigit()
+        else:
+            assert not (moved + rest).strip("=!<>+-*/%&|^.:").strip() and " " not in moved + rest
+
+
+def test_suffix_pairs_end_inside_a_token_or_at_its_end():
+    for pair in holes.suffix_pairs(FILES, 8, seed=0):
+        assert pair.inside.prefix == pair.control.prefix
+        assert pair.control.middle.startswith(pair.inside.middle)
+        assert pair.inside.middle and pair.inside.suffix[0] not in " \n"

@@ -181,6 +181,10 @@ def test_newer_request_supersedes_older(server):
     ("/api/generate", {"prompt": "a", "options": []}, 400, "'options'"),
     ("/v1/fim/completions", {"suffix": "a"}, 400, "'prompt'"),
     ("/tokenize", {}, 400, "'content'"),
+    ("/v1/completions", {"prompt": "a", "cursor_mode": "fuzzy"}, 400, "'cursor_mode' must be one of"),
+    ("/infill", {"cursor_mode": 3}, 400, "'cursor_mode' must be a string"),
+    ("/api/generate", {"prompt": "a", "cursor_mode": "heal!"}, 400, "'cursor_mode'"),
+    ("/v1/fim/completions", {"prompt": "a", "cursor_mode": ""}, 400, "'cursor_mode'"),
     ("/nowhere", {}, 404, "no route"),
 ])
 def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, path, body, status, message):
@@ -191,6 +195,19 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, path, b
     assert r.headers["x-request-id"].startswith("req-")
     ok = httpx.post(server.url + "/v1/completions", json={"prompt": "a", "max_tokens": 1})
     assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["exact", "heal", "none", None])
+def test_cursor_mode_field_reaches_the_engine(server, mode):
+    """The server runs with --cursor-mode none: a request's field overrides it, its absence not."""
+    body = {"input_prefix": "def f(x):\n    retu", "input_suffix": "\n", "n_predict": 2}
+    if mode is not None:
+        body["cursor_mode"] = mode
+    r = httpx.post(server.url + "/infill", json=body)
+    assert r.status_code == 200, r.text
+    line = server.log_line(r.headers["x-request-id"])
+    assert f"cursor={mode or 'none'}" in line
+    assert ("passes" in line) == (mode == "exact")
 
 
 def test_oversized_body_gets_413(server):

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
 
     p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
-    p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp"])
+    p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp", "cursor"])
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0: all)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cps", type=float, default=15.0, help="typing: characters per second")
     p.add_argument("--load-clients", type=int, default=8, help="typing: concurrent typists")
     p.add_argument("--load-seconds", type=float, default=60.0, help="typing: load phase length")
+    p.add_argument("--per-kind", type=int, default=50,
+                   help="cursor: holes per token kind (identifier, number, operator, indentation)")
     return parser
 
 
@@ -316,14 +318,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .report import run_all
 
         out = args.out or Path("runs/eval/results.json")
-        result = run_all(args.model, seed=args.seed, out=out, dtype=args.dtype)
+        result = run_all(args.model, seed=args.seed, out=out, dtype=args.dtype,
+                         cursor_mode=args.cursor_mode)
         print(f"results in {out}; BENCHMARKS.md updated ({result['minutes']:.1f} min)")
         return 0
     task = evaluation.TASKS.get(args.task)
     if task is None:
         raise UsageError(f"unknown task {args.task!r}; tasks: {', '.join(evaluation.TASKS)}")
     engine = load_engine(args)
-    config = evaluation.EvalConfig(limit=args.limit, seed=args.seed, max_tokens=args.max_tokens)
+    config = evaluation.EvalConfig(limit=args.limit, seed=args.seed, max_tokens=args.max_tokens,
+                                   cursor_mode=args.cursor_mode)
     try:
         result = task.run(engine, config)
     except evaluation.TaskSkipped as e:
@@ -349,7 +353,12 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    if args.what == "lsp":
+    if args.what == "cursor":
+        from . import cursor_bench
+
+        print(cursor_bench.run(args.model, per_kind=args.per_kind,
+                               suffix_holes=2 * args.per_kind))
+    elif args.what == "lsp":
         from . import lsp_bench
 
         print(lsp_bench.run(args.model))

@@ -20,10 +20,12 @@ and the end of the middle has mass P(seq) * P(end | seq) for the group with q ==
 chosen each group's q grows by b, and a token t == q + b opens the group (seq + [t], b""), whose
 next-token distribution costs one forward pass. Greedy decoding defers that pass while the
 group's whole mass P(seq + [t]) cannot change which byte wins. Only canonical sequences count:
-seq + [t] must be the encoding of its own text.
+seq + [t] must be the encoding of its own text (`canonical`; where that text ends in whitespace,
+of its text and what may follow, since a pretokenizer gives a run's last space to the next word).
 
 Limits: splits fall on character boundaries (a token starting inside a multi-byte character is
-not considered), and tokens with P(t | seq) below `floor` are dropped rather than checked.
+not considered); a token that would continue the last pretokenizer piece and has P(t | seq)
+below `floor` is dropped rather than checked (its mass is negligible).
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Constraint:
 
 class Scorer(Protocol):
     passes: int
+    memo: dict[tuple[int, ...], Tensor]  # the distributions known so far, by path
 
     def logprobs(self, seqs: list[tuple[int, ...]]) -> list[Tensor]:
         """Next-token log-probabilities (vocab,) after the prompt followed by each of `seqs`."""
@@ -237,22 +240,24 @@ class ExactCursor:
         """Generate bytes until one token path is left (or `max_bytes`); `on_byte` sees each byte
         and returns True to end the middle there."""
         text = b""
-        while True:
-            try:
+        try:
+            while True:
                 b = self.choose(sampling, generator)
-            except NoRoom:  # go on by tokens from the heaviest path known so far
-                g = max((g for g in self.groups if g.tokens is not None), key=lambda g: g.logp)
-                return ByteStart(text, g.seq, g.q, ended=False)
-            if b == END:
-                return ByteStart(text, self.best().seq, b"", ended=True)
-            survivors = self.advance(b)
-            text += bytes([b])
-            if on_byte(bytes([b])):
-                return ByteStart(text, survivors[0].seq, b"", ended=True)
-            if len(survivors) == 1 or len(text) >= max_bytes:
-                g = survivors[0] if len(survivors) == 1 else self.pick(survivors, b, sampling,
-                                                                       generator)
-                return ByteStart(text, g.seq, g.q + bytes([b]), ended=False)
+                if b == END:
+                    return ByteStart(text, self.best().seq, b"", ended=True)
+                survivors = self.advance(b)
+                text += bytes([b])
+                if on_byte(bytes([b])):
+                    return ByteStart(text, survivors[0].seq, b"", ended=True)
+                if len(survivors) == 1 or len(text) >= max_bytes:
+                    g = survivors[0] if len(survivors) == 1 else self.pick(survivors, b, sampling,
+                                                                           generator)
+                    return ByteStart(text, g.seq, g.q + bytes([b]), ended=False)
+        except NoRoom:  # go on by tokens from the heaviest path, back to where it was run
+            seq, need = self.best().seq, self.best().q
+            while seq not in self.scorer.memo:
+                seq, need = seq[:-1], self.tok.token_bytes[seq[-1]] + need
+            return ByteStart(text, seq, need, ended=False)
 
     def best(self) -> Group:
         return max(self.groups, key=lambda g: g.logp)
@@ -282,9 +287,10 @@ def start_paths(tokenizer: Tokenizer, partial: bytes) -> list[tuple[tuple[int, .
 
 def room(tokenizer: Tokenizer, partial: bytes) -> int:
     """Cache positions past the prompt that the exact cursor needs beyond the generated tokens:
-    the tree of start paths, or the tokens that spell the partial word."""
+    the tree of start paths, or the tokens that spell the partial word, and some to grow in.
+    (Where paths outgrow it, decoding goes on by tokens from the heaviest one.)"""
     tree = {seq[:k] for seq, _ in start_paths(tokenizer, partial) for k in range(1, len(seq) + 1)}
-    return max(len(tree), len(partial))
+    return max(len(tree), len(partial)) + MAX_BYTES
 
 
 def split_points(tokenizer: Tokenizer, partial: bytes) -> list[int]:

@@ -45,6 +45,7 @@ class EvalConfig:
     seed: int = 0
     max_tokens: int = 128
     progress: bool = True
+    cursor_mode: str = "exact"  # how a cursor inside a token is handled (cursor.py)
 
 
 def humaneval_problem(task_id: str) -> str:
@@ -81,14 +82,16 @@ class HumanEvalInfilling:
         for row in tqdm(rows, desc=self.name, unit="row", disable=not config.progress):
             start = time.perf_counter()
             completion = engine.complete(row["prompt"], row["suffix"],
-                                         max_tokens=config.max_tokens).text
+                                         max_tokens=config.max_tokens,
+                                         cursor_mode=config.cursor_mode).text
             ms.append((time.perf_counter() - start) * 1000)
             outcome = sandbox.run(humaneval_program(row, completion), self.limits)
             per_problem[humaneval_problem(row["task_id"])].append(outcome.passed)
         passed = [p for results in per_problem.values() for p in results]
         by_problem = [sum(r) / len(r) for r in per_problem.values()]
         return {
-            "task": self.name, "rows": len(passed), "problems": len(per_problem),
+            "task": self.name, "cursor_mode": config.cursor_mode, "rows": len(passed),
+            "problems": len(per_problem),
             "pass@1_rows": sum(passed) / len(passed),
             "pass@1_problems": sum(by_problem) / len(by_problem),
             "ms_p50": percentile(ms, 0.5), "ms_p95": percentile(ms, 0.95),
@@ -123,7 +126,8 @@ class RealCode:
             scores = defaultdict(list)
             for hole in tqdm(holes.cut(files, kind, n, config.seed), desc=f"realcode {kind}",
                              unit="hole", disable=not config.progress):
-                got = engine.complete(hole.prefix, hole.suffix, max_tokens=config.max_tokens).text
+                got = engine.complete(hole.prefix, hole.suffix, max_tokens=config.max_tokens,
+                                      cursor_mode=config.cursor_mode).text
                 want = hole.middle
                 scores["em_first_line"].append(first_line(got).strip() == first_line(want).strip())
                 scores["es_first_line"].append(Levenshtein.normalized_similarity(
@@ -150,7 +154,8 @@ class Latency:
         engine.complete("import os\n", "", max_tokens=4)  # warm up
         ms, tokens = [], []
         for hole in tqdm(cursors, desc="latency", unit="cursor", disable=not config.progress):
-            result = engine.complete(hole.prefix, hole.suffix, max_tokens=config.max_tokens)
+            result = engine.complete(hole.prefix, hole.suffix, max_tokens=config.max_tokens,
+                                     cursor_mode=config.cursor_mode)
             ms.append(result.total_ms)
             tokens.append(result.tokens)
         return {"task": self.name, "cursors": len(ms), "ms_p50": percentile(ms, 0.5),

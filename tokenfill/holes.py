@@ -95,6 +95,88 @@ def candidates(text: str, kind: str) -> list[tuple[int, int]]:
     return out
 
 
+TOKEN_KINDS = ("identifier", "number", "operator", "indentation")
+
+
+def token_spans(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of every single-line identifier, number and multi-character operator,
+    and of every line's indentation (when it is at least two characters)."""
+    starts = line_starts(text)
+    kinds = {tokenize.NAME: "identifier", tokenize.NUMBER: "number", tokenize.OP: "operator"}
+    out = []
+    for tok in _tokens(text):
+        kind = kinds.get(tok.type)
+        if tok.type == tokenize.INDENT or (kind and tok.start[0] == tok.end[0]):
+            if tok.start[0] > len(starts):
+                continue
+            begin = starts[tok.start[0] - 1] + tok.start[1]
+            end = starts[tok.end[0] - 1] + tok.end[1] if kind else begin + len(tok.string)
+            if end - begin > 1:
+                out.append((kind or "indentation", begin, end))
+    for begin in starts:  # indentation of lines that do not open a block (no INDENT token)
+        line = text[begin:text.find("\n", begin) if "\n" in text[begin:] else len(text)]
+        width = len(line) - len(line.lstrip(" \t"))
+        if width > 1 and line.strip() and (("indentation", begin, begin + width) not in out):
+            out.append(("indentation", begin, begin + width))
+    return out
+
+
+@dataclass
+class CursorPair:
+    """A cursor strictly inside a token, and its control: the cursor at that token's start.
+    Both holes end where the line ends; `kind` is the token's kind (TOKEN_KINDS)."""
+    kind: str
+    inside: Hole
+    control: Hole
+
+
+def cursor_pairs(files: list[tuple[str, str]], kind: str, n: int, seed: int) -> list[CursorPair]:
+    """`n` pairs whose token is of `kind`, each from a different file where possible."""
+    rng = random.Random(f"{seed}:pair:{kind}")
+    order = list(range(len(files)))
+    rng.shuffle(order)
+    pairs: list[CursorPair] = []
+    for _ in range(3):
+        for index in order:
+            path, text = files[index]
+            spans = [(b, e) for k, b, e in token_spans(text) if k == kind]
+            if not spans:
+                continue
+            begin, end = rng.choice(spans)
+            cursor = rng.randint(begin + 1, end - 1)
+            stop = _rest_of_line(text, cursor)
+            pairs.append(CursorPair(kind, Hole(f"{kind}:{path}:{cursor}", kind, text[:cursor],
+                                               text[cursor:stop], text[stop:]),
+                                    Hole(f"{kind}:{path}:{begin}", kind, text[:begin],
+                                         text[begin:stop], text[stop:])))
+            if len(pairs) == n:
+                return pairs
+    return pairs
+
+
+def suffix_pairs(files: list[tuple[str, str]], n: int, seed: int) -> list[CursorPair]:
+    """The suffix side: the cursor at the start of an identifier, number or operator, the hole
+    ending strictly inside it (the suffix starts mid-token); the control ends at its end."""
+    rng = random.Random(f"{seed}:suffix")
+    order = list(range(len(files)))
+    rng.shuffle(order)
+    pairs: list[CursorPair] = []
+    for index in order:
+        path, text = files[index]
+        spans = [(k, b, e) for k, b, e in token_spans(text) if k != "indentation"]
+        if not spans:
+            continue
+        kind, begin, end = rng.choice(spans)
+        cut = rng.randint(begin + 1, end - 1)
+        pairs.append(CursorPair(kind, Hole(f"suffix:{path}:{cut}", kind, text[:begin],
+                                           text[begin:cut], text[cut:]),
+                                Hole(f"suffix:{path}:{end}", kind, text[:begin], text[begin:end],
+                                     text[end:])))
+        if len(pairs) == n:
+            break
+    return pairs
+
+
 def cut(files: list[tuple[str, str]], kind: str, n: int, seed: int,
         max_middle: int = 600) -> list[Hole]:
     """`n` holes of one kind, each from a different file where possible (reproducible)."""

@@ -41,13 +41,15 @@ Published numbers, for reference only (none is on our data or, for HumanEval, wi
 
 
 def run_all(model: Path, *, seed: int = 0, out: Path | None = None, write_benchmarks: bool = True,
-            dtype: str = "auto", progress: bool = True) -> dict:
+            dtype: str = "auto", progress: bool = True, cursor_mode: str = "exact") -> dict:
     engine = Engine.load(model, dtype=dtype)
-    config = evaluation.EvalConfig(seed=seed, progress=progress)
+    config = evaluation.EvalConfig(seed=seed, progress=progress, cursor_mode=cursor_mode)
     results = {"model": engine.name, "parameters": engine.model.config.num_parameters(),
                "date": date.today().isoformat(), "machine": describe_machine(), "seed": seed,
+               "cursor_mode": cursor_mode,
                "command": "tokenfill eval all" + (
-                   "" if Path(model).resolve() == BUNDLED_MODEL.resolve() else f" --model {model}"),
+                   "" if Path(model).resolve() == BUNDLED_MODEL.resolve() else f" --model {model}")
+               + ("" if cursor_mode == "exact" else f" --cursor-mode {cursor_mode}"),
                "tasks": {}}
     start = time.perf_counter()
     for name, limit in SUITE.items():

@@ -1,0 +1,18 @@
+"""The cursor benchmark runs end to end (tiny model, synthetic files) and reports every mode."""
+
+from __future__ import annotations
+
+from tokenfill import cursor_bench, realcode
+
+from .test_holes import FILES
+
+
+def test_report_has_every_mode_and_side(monkeypatch, model_dir, tmp_path):
+    monkeypatch.setattr(realcode, "files", lambda: list(FILES))
+    out = tmp_path / "cursor.json"
+    report = cursor_bench.run(model_dir, per_kind=2, suffix_holes=2, max_tokens=4, out=out,
+                              progress=False)
+    for mode in ("exact", "heal", "none"):
+        assert f"| `{mode}` |" in report
+    assert "identifier inside / control" in report and "suffix starts mid-token" in report
+    assert "exact/identifier/inside" in out.read_text()

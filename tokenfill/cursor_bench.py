@@ -1,0 +1,125 @@
+"""`tokenfill bench cursor`: cursors inside tokens, completed in each cursor mode.
+
+Holes come from held-out files (realcode.py): the cursor at a random character strictly inside
+an identifier, a number, a multi-character operator or a line's indentation, the middle the rest
+of that line. Each hole has a control: the same hole with the cursor moved back to the start of
+that token (its middle then holds the moved characters too). The score is exact match of the
+completed line (the cursor's line up to the cursor, then the completion's first line), so both
+holes of a pair are judged on the same line. The partial word is extra information: a mode
+handles cursors inside tokens when it scores at least as well on them as on the controls.
+
+The suffix side is measured the same way: the cursor at a token's start and the hole ending
+strictly inside it (the text after the cursor starts mid-token), against the hole ending at the
+token's end; the score is exact match of the middle.
+
+Every mode runs in one process over the same holes, so the costs (ms per completion, forward
+passes of the exact cursor) are measured side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from rapidfuzz.distance import Levenshtein
+from tqdm import tqdm
+
+from . import holes, realcode
+from .bench import header, percentile
+from .completion import Engine
+from .cursor import CURSOR_MODES
+
+
+def completed_line(hole: holes.Hole, completion: str) -> str:
+    return (hole.prefix.rsplit("\n", 1)[-1] + completion).split("\n", 1)[0].rstrip()
+
+
+def gold_line(hole: holes.Hole) -> str:
+    return completed_line(hole, hole.middle)
+
+
+def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
+        max_tokens: int = 48, out: Path | None = None, progress: bool = True) -> str:
+    files = realcode.files()
+    pairs = [p for kind in holes.TOKEN_KINDS for p in holes.cursor_pairs(files, kind, per_kind,
+                                                                          seed)]
+    suffix = holes.suffix_pairs(files, suffix_holes, seed)
+    engine = Engine.load(model)
+    engine.complete("import os\n", "", max_tokens=4)  # warm up
+    hits: dict[tuple[str, str, str], list[bool]] = defaultdict(list)  # (mode, kind, side)
+    similar: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # edit similarity
+    ms: dict[str, list[float]] = defaultdict(list)
+    passes: dict[str, list[int]] = defaultdict(list)
+    ready: dict[str, list[float]] = defaultdict(list)  # ms until token-by-token decoding starts
+    work = [(mode, pair) for pair in pairs for mode in CURSOR_MODES]
+    for mode, pair in tqdm(work, desc="cursor holes", unit="hole", disable=not progress):
+        for side, hole in (("inside", pair.inside), ("control", pair.control)):
+            result = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
+                                     cursor_mode=mode)
+            got, want = completed_line(hole, result.text), gold_line(hole)
+            hits[mode, pair.kind, side].append(got == want)
+            similar[mode, pair.kind, side].append(Levenshtein.normalized_similarity(got, want))
+            if side == "inside":
+                ms[mode].append(result.total_ms)
+                passes[mode].append(max(result.cursor_passes - 1, 0))  # the first runs the prompt
+                ready[mode].append(result.cursor_ms or result.prefill_ms)
+    for mode, pair in tqdm([(m, p) for p in suffix for m in CURSOR_MODES], desc="suffix holes",
+                           unit="hole", disable=not progress):
+        for side, hole in (("inside", pair.inside), ("control", pair.control)):
+            result = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
+                                     cursor_mode=mode)
+            hits[mode, "suffix", side].append(result.text == hole.middle)
+
+    def rate(mode: str, kind: str, side: str, of: dict = hits) -> float:
+        values = [v for (m, k, s), vs in of.items() if m == mode and s == side and
+                  (k == kind or (kind == "all" and k != "suffix")) for v in vs]
+        return sum(values) / max(len(values), 1)
+
+    kinds = [*holes.TOKEN_KINDS, "all"]
+    counts = {k: sum(1 for p in pairs if p.kind == k) for k in holes.TOKEN_KINDS}
+    counts["all"] = len(pairs)
+    lines = [header(f"tokenfill bench cursor --model {model.name}"), "",
+             f"{len(pairs)} held-out cursors strictly inside tokens ({', '.join(f'{counts[k]} {k}' for k in holes.TOKEN_KINDS)}), "
+             f"each with its control (cursor at the token's start); exact match of the completed "
+             f"line, greedy, max {max_tokens} tokens.", "",
+             "| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
+             "| --- |" + " --- |" * len(kinds)]
+    for mode in CURSOR_MODES:
+        lines.append(f"| `{mode}` | " + " | ".join(
+            f"{rate(mode, k, 'inside') * 100:.1f}% / {rate(mode, k, 'control') * 100:.1f}%"
+            for k in kinds) + " |")
+    lines += ["", "Edit similarity (0-100) of the completed line to the original, same holes:", "",
+              "| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
+              "| --- |" + " --- |" * len(kinds)]
+    for mode in CURSOR_MODES:
+        lines.append(f"| `{mode}` | " + " | ".join(
+            f"{rate(mode, k, 'inside', similar) * 100:.1f} / "
+            f"{rate(mode, k, 'control', similar) * 100:.1f}" for k in kinds) + " |")
+    lines += ["", "Cost on the cursors inside tokens, same run. Completions differ between modes, "
+              "so whole-completion times mix the method's cost with what was generated; the "
+              "time until token-by-token decoding starts (the prompt, plus for `exact` the bytes "
+              "of the partial word) isolates it.", "",
+              "| mode | ms per completion p50 / p95 | until token decoding p50 | added to that vs "
+              "`none`, p50 of per-hole differences | extra forward passes (mean) |",
+              "| --- | --- | --- | --- | --- |"]
+    for mode in CURSOR_MODES:
+        added = statistics.median(a - b for a, b in zip(ready[mode], ready["none"]))
+        lines.append(f"| `{mode}` | {percentile(ms[mode], 0.5):.0f} / "
+                     f"{percentile(ms[mode], 0.95):.0f} | {percentile(ready[mode], 0.5):.0f} | "
+                     f"{added:+.1f} ms | {sum(passes[mode]) / max(len(passes[mode]), 1):.2f} |")
+    lines += ["", f"Suffix side: {len(suffix)} holes from a token's start to a point strictly "
+              "inside it (the suffix starts mid-token) against the same holes ending at the "
+              "token's end; exact match of the middle.", "",
+              "| mode | suffix starts mid-token | control |", "| --- | --- | --- |"]
+    for mode in CURSOR_MODES:
+        lines.append(f"| `{mode}` | {rate(mode, 'suffix', 'inside') * 100:.1f}% | "
+                     f"{rate(mode, 'suffix', 'control') * 100:.1f}% |")
+    if out is not None:
+        out.write_text(json.dumps({f"{m}/{k}/{s}": sum(v) / len(v) for (m, k, s), v in hits.items()}
+                                  | {f"es/{m}/{k}/{s}": sum(v) / len(v)
+                                     for (m, k, s), v in similar.items()}
+                                  | {f"ms_p50/{m}": percentile(v, 0.5) for m, v in ms.items()},
+                                  indent=1))
+    return "\n".join(lines)
