@@ -107,6 +107,41 @@ def test_masses_stay_exact_as_bytes_are_added(tokenizer):
                                        atol=1e-12, msg=f"after {y!r}")
 
 
+def test_greedy_takes_the_most_probable_first_path(tokenizer):
+    """Every continuation passes through one first path: brute force over the toy model agrees."""
+    lm = ToyLM(tokenizer.vocab_size, seed=3)
+    table = tokenizer.token_bytes
+    for y in WORDS:
+        begun = ExactCursor(tokenizer, lm, y, END_IDS, floor=0.0).run(
+            Sampling(), None, on_byte=lambda b: False)
+        best, best_logp = None, -float("inf")
+
+        def walk(seq, text, logp):
+            nonlocal best, best_logp
+            if text == y:  # a path that spells y exactly (it counts as for the masses)
+                valid = cursor.canonical(tokenizer, seq[:-1], table_text(seq[:-1]), seq[-1:])[0]
+                if valid and logp > best_logp:
+                    best, best_logp = seq, logp
+                return
+            lp = lm(seq)
+            for t in tokenizer.prefix_index.starting_with(b""):
+                grown = text + table[t]
+                fits = y.startswith(grown) if len(grown) <= len(y) else grown.startswith(y)
+                if not fits:
+                    continue
+                if len(grown) > len(y):
+                    if cursor.canonical(tokenizer, seq, text, [t])[0] and logp + float(lp[t]) > best_logp:
+                        best, best_logp = seq + (t,), logp + float(lp[t])
+                else:
+                    walk(seq + (t,), grown, logp + float(lp[t]))
+
+        def table_text(seq):
+            return b"".join(table[i] for i in seq)
+
+        walk((), b"", 0.0)
+        assert begun.seq == best, y
+
+
 def test_greedy_choice_with_deferred_passes_matches_the_full_argmax(tokenizer):
     lm = ToyLM(tokenizer.vocab_size, seed=2)
     for y in WORDS:
@@ -149,8 +184,8 @@ def finish(tokenizer, lm, begun: cursor.ByteStart, limit: int = 40) -> bytes:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=TEXT, cut=st.integers(min_value=0, max_value=24))
-def test_exact_reproduces_the_text_a_sure_model_knows(tokenizer, text, cut):
+@given(text=TEXT, cut=st.integers(min_value=0, max_value=24), byte_greedy=st.booleans())
+def test_exact_reproduces_the_text_a_sure_model_knows(tokenizer, text, cut, byte_greedy):
     """Cursor at any character: the partial word is the last piece before it; a model sure of
     the whole middle must get exactly the rest back, and every byte stays valid UTF-8."""
     cut = min(cut, len(text))
@@ -160,7 +195,7 @@ def test_exact_reproduces_the_text_a_sure_model_knows(tokenizer, text, cut):
     middle = (partial + text[cut:]).encode()
     lm = SureLM(tokenizer.encode(middle.decode()), tokenizer.vocab_size)
     begun = ExactCursor(tokenizer, lm, partial.encode(), END_IDS).run(
-        Sampling(), None, on_byte=lambda b: False)
+        Sampling(), None, on_byte=lambda b: False, byte_greedy=byte_greedy)
     got = begun.text if begun.ended else finish(tokenizer, lm, begun)
     assert got == text[cut:].encode()
     (text[:cut].encode() + got).decode()  # valid UTF-8
@@ -175,7 +210,8 @@ def test_bytes_chosen_one_at_a_time_are_always_valid_utf8(tokenizer, text, seed,
     lm = ToyLM(tokenizer.vocab_size, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     begun = ExactCursor(tokenizer, lm, partial.encode(), END_IDS).run(
-        Sampling(temperature=temperature), generator, on_byte=lambda b: False, max_bytes=12)
+        Sampling(temperature=temperature), generator, on_byte=lambda b: False, max_bytes=12,
+        byte_greedy=True)
     data = partial.encode() + begun.text
     if begun.ended:
         data.decode()  # whole characters

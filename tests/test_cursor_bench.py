@@ -15,4 +15,13 @@ def test_report_has_every_mode_and_side(monkeypatch, model_dir, tmp_path):
     for mode in ("exact", "heal", "none"):
         assert f"| `{mode}` |" in report
     assert "identifier inside / control" in report and "suffix starts mid-token" in report
+    assert "The token completed" in report
     assert "exact/identifier/inside" in out.read_text()
+
+
+def test_word_done_needs_the_whole_token_and_its_end():
+    assert cursor_bench.word_done("identifier", "result", "result = 1")
+    assert not cursor_bench.word_done("identifier", "result", "results = 1")
+    assert not cursor_bench.word_done("identifier", "result", "resu")
+    assert cursor_bench.word_done("operator", "==", "== y") and not cursor_bench.word_done("operator", "==", "=== y")
+    assert cursor_bench.word_done("indentation", "    ", "    x") and not cursor_bench.word_done("indentation", "    ", "        x")

@@ -236,9 +236,14 @@ class ExactCursor:
         return survivors
 
     def run(self, sampling: Sampling, generator: torch.Generator | None,
-            on_byte: Callable[[bytes], bool], max_bytes: int = MAX_BYTES) -> ByteStart:
-        """Generate bytes until one token path is left (or `max_bytes`); `on_byte` sees each byte
-        and returns True to end the middle there."""
+            on_byte: Callable[[bytes], bool], max_bytes: int = MAX_BYTES,
+            byte_greedy: bool = False) -> ByteStart:
+        """Sampling: draw bytes from the exact distribution until one token path is left (or
+        `max_bytes`); `on_byte` sees each byte and returns True to end the middle there.
+        Greedy: the most probable first path (`mode`), unless `byte_greedy` asks for the most
+        probable byte at each step."""
+        if sampling.temperature == 0 and not byte_greedy:
+            return self.mode(on_byte)
         text = b""
         try:
             while True:
@@ -258,6 +263,29 @@ class ExactCursor:
             while seq not in self.scorer.memo:
                 seq, need = seq[:-1], self.tok.token_bytes[seq[-1]] + need
             return ByteStart(text, seq, need, ended=False)
+
+    def mode(self, on_byte: Callable[[bytes], bool]) -> ByteStart:
+        """The most probable way the middle's tokens begin, then decoding goes on from it.
+
+        Every continuation of the partial word either has a token that overhangs its end (one
+        group's seq, then that token) or a token boundary right at its end (a seq that spells it
+        exactly): these first paths are disjoint and cover everything, so the heaviest is the
+        greedy choice, found without another pass. (Greedy byte by byte instead favours bytes
+        that many tokens share: after `\n   `, another space wins step after step.)"""
+        best, best_logp = None, -math.inf
+        for g in self.groups:
+            if not g.q:
+                if g.logp > best_logp:
+                    best, best_logp = (g.seq, b""), g.logp
+                continue
+            for data, p, i in g.tokens or ():
+                if g.logp + math.log(p) > best_logp:
+                    best, best_logp = (g.seq + (i,), data[len(g.q):]), g.logp + math.log(p)
+        seq, text = best
+        for k in range(len(text)):
+            if on_byte(text[k:k + 1]):
+                return ByteStart(text[:k + 1], seq, b"", ended=True)
+        return ByteStart(text, seq, b"", ended=False)
 
     def best(self) -> Group:
         return max(self.groups, key=lambda g: g.logp)

@@ -40,6 +40,18 @@ def gold_line(hole: holes.Hole) -> str:
     return completed_line(hole, hole.middle)
 
 
+def word_done(kind: str, token: str, written: str) -> bool:
+    """Does `written` (the text from the token's start) spell the token, and end it there?"""
+    if not written.startswith(token):
+        return False
+    after = written[len(token):len(token) + 1]
+    if kind == "indentation":
+        return after not in (" ", "\t")
+    if kind == "operator":
+        return after == "" or after not in "=<>!+-*/%&|^.:@~"
+    return after == "" or not (after.isalnum() or after == "_")
+
+
 def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
         max_tokens: int = 48, out: Path | None = None, progress: bool = True) -> str:
     files = realcode.files()
@@ -50,6 +62,7 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
     engine.complete("import os\n", "", max_tokens=4)  # warm up
     hits: dict[tuple[str, str, str], list[bool]] = defaultdict(list)  # (mode, kind, side)
     similar: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # edit similarity
+    words: dict[tuple[str, str, str], list[bool]] = defaultdict(list)  # the token completed
     ms: dict[str, list[float]] = defaultdict(list)
     passes: dict[str, list[int]] = defaultdict(list)
     ready: dict[str, list[float]] = defaultdict(list)  # ms until token-by-token decoding starts
@@ -60,6 +73,8 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
                                      cursor_mode=mode)
             got, want = completed_line(hole, result.text), gold_line(hole)
             hits[mode, pair.kind, side].append(got == want)
+            written = hole.prefix[len(pair.control.prefix):] + result.text
+            words[mode, pair.kind, side].append(word_done(pair.kind, pair.token, written))
             similar[mode, pair.kind, side].append(Levenshtein.normalized_similarity(got, want))
             if side == "inside":
                 ms[mode].append(result.total_ms)
@@ -71,6 +86,8 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
             result = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
                                      cursor_mode=mode)
             hits[mode, "suffix", side].append(result.text == hole.middle)
+            similar[mode, "suffix", side].append(
+                Levenshtein.normalized_similarity(result.text, hole.middle))
 
     def rate(mode: str, kind: str, side: str, of: dict = hits) -> float:
         values = [v for (m, k, s), vs in of.items() if m == mode and s == side and
@@ -90,6 +107,14 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
         lines.append(f"| `{mode}` | " + " | ".join(
             f"{rate(mode, k, 'inside') * 100:.1f}% / {rate(mode, k, 'control') * 100:.1f}%"
             for k in kinds) + " |")
+    lines += ["", "The token completed: the text from the token's start spells the whole token and "
+              "ends it there (the first thing a cursor inside a word needs), same holes:", "",
+              "| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
+              "| --- |" + " --- |" * len(kinds)]
+    for mode in CURSOR_MODES:
+        lines.append(f"| `{mode}` | " + " | ".join(
+            f"{rate(mode, k, 'inside', words) * 100:.1f}% / "
+            f"{rate(mode, k, 'control', words) * 100:.1f}%" for k in kinds) + " |")
     lines += ["", "Edit similarity (0-100) of the completed line to the original, same holes:", "",
               "| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
               "| --- |" + " --- |" * len(kinds)]
@@ -112,14 +137,19 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
     lines += ["", f"Suffix side: {len(suffix)} holes from a token's start to a point strictly "
               "inside it (the suffix starts mid-token) against the same holes ending at the "
               "token's end; exact match of the middle.", "",
-              "| mode | suffix starts mid-token | control |", "| --- | --- | --- |"]
+              "| mode | middle EM: suffix starts mid-token / control | middle edit similarity: "
+              "mid-token / control |", "| --- | --- | --- |"]
     for mode in CURSOR_MODES:
-        lines.append(f"| `{mode}` | {rate(mode, 'suffix', 'inside') * 100:.1f}% | "
-                     f"{rate(mode, 'suffix', 'control') * 100:.1f}% |")
+        lines.append(f"| `{mode}` | {rate(mode, 'suffix', 'inside') * 100:.1f}% / "
+                     f"{rate(mode, 'suffix', 'control') * 100:.1f}% | "
+                     f"{rate(mode, 'suffix', 'inside', similar) * 100:.1f} / "
+                     f"{rate(mode, 'suffix', 'control', similar) * 100:.1f} |")
     if out is not None:
         out.write_text(json.dumps({f"{m}/{k}/{s}": sum(v) / len(v) for (m, k, s), v in hits.items()}
                                   | {f"es/{m}/{k}/{s}": sum(v) / len(v)
                                      for (m, k, s), v in similar.items()}
+                                  | {f"word/{m}/{k}/{s}": sum(v) / len(v)
+                                     for (m, k, s), v in words.items()}
                                   | {f"ms_p50/{m}": percentile(v, 0.5) for m, v in ms.items()},
                                   indent=1))
     return "\n".join(lines)

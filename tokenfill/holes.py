@@ -128,6 +128,7 @@ class CursorPair:
     kind: str
     inside: Hole
     control: Hole
+    token: str  # the whole token the cursor sits in (suffix pairs: the one the hole ends in)
 
 
 def cursor_pairs(files: list[tuple[str, str]], kind: str, n: int, seed: int) -> list[CursorPair]:
@@ -148,7 +149,7 @@ def cursor_pairs(files: list[tuple[str, str]], kind: str, n: int, seed: int) -> 
             pairs.append(CursorPair(kind, Hole(f"{kind}:{path}:{cursor}", kind, text[:cursor],
                                                text[cursor:stop], text[stop:]),
                                     Hole(f"{kind}:{path}:{begin}", kind, text[:begin],
-                                         text[begin:stop], text[stop:])))
+                                         text[begin:stop], text[stop:]), text[begin:end]))
             if len(pairs) == n:
                 return pairs
     return pairs
@@ -171,7 +172,7 @@ def suffix_pairs(files: list[tuple[str, str]], n: int, seed: int) -> list[Cursor
         pairs.append(CursorPair(kind, Hole(f"suffix:{path}:{cut}", kind, text[:begin],
                                            text[begin:cut], text[cut:]),
                                 Hole(f"suffix:{path}:{end}", kind, text[:begin], text[begin:end],
-                                     text[end:])))
+                                     text[end:]), text[begin:end]))
         if len(pairs) == n:
             break
     return pairs
