@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tokenfill.completion import Engine
 from tokenfill.fim import FimUnsupportedError
@@ -145,3 +147,17 @@ def test_exact_typing_a_word_reuses_the_whole_prompt(engine):
     assert typed.prompt_evaluated == 1  # the partial word is not in the prompt: nothing changed
     fresh = engine.complete("import os\nprint(os.pat", ")\n", max_tokens=4)
     assert typed.text == fresh.text
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.sampled_from(list("ab_ (=.\n\t\r0é✓日")), min_size=1, max_size=30),
+       cut=st.integers(0, 30), mode=st.sampled_from(["exact", "heal", "none"]),
+       temperature=st.sampled_from([0.0, 1.5]))
+def test_any_cursor_gives_whole_characters(engine, text, cut, mode, temperature):
+    """A cursor anywhere (after a multi-byte character, in CRLF or tab-indented text), a random
+    model: the completion never holds a broken character."""
+    cut = min(cut, len(text))
+    result = engine.complete(text[:cut], text[cut:], max_tokens=10, cursor_mode=mode,
+                             sampling=Sampling(temperature=temperature, seed=cut))
+    assert "\ufffd" not in result.text
+    (text[:cut] + result.text).encode("utf-8")

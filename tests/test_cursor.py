@@ -9,9 +9,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tokenfill import cursor
+from tokenfill import cursor, utf8
 from tokenfill.cursor import END, Constraint, ExactCursor, ModelScorer
-from tokenfill.generate import Sampling
+from tokenfill.generate import Sampling, restrict
 from tokenfill.model import reference_logits
 
 END_IDS = frozenset({0})
@@ -55,7 +55,7 @@ class SureLM:
 
 
 def normalised(mass: torch.Tensor, y: bytes) -> torch.Tensor:
-    mass = mass * cursor.utf8_allowed(y)
+    mass = mass * utf8.allowed_bytes(y)
     return mass / mass.sum()
 
 
@@ -158,7 +158,7 @@ def test_greedy_choice_with_deferred_passes_matches_the_full_argmax(tokenizer):
             full.advance(b)
 
 
-TEXT = st.text(st.sampled_from(list("abcdefghijklmnopqrstuvwxyz_ ().=:\n\t0123456789é✓日")),
+TEXT = st.text(st.sampled_from(list("abcdefghijklmnopqrstuvwxyz_ ().=:\r\n\t0123456789é✓日")),
                min_size=1, max_size=24)
 
 
@@ -167,11 +167,7 @@ def finish(tokenizer, lm, begun: cursor.ByteStart, limit: int = 40) -> bytes:
     seq, text = list(begun.seq), begun.text
     constraint, skip = Constraint(tokenizer, begun.need), len(begun.need)
     for _ in range(limit):
-        lp = lm.logprobs([tuple(seq)])[0].clone()
-        if (allowed := constraint.allowed()) is not None:
-            keep = torch.full_like(lp, float("-inf"))
-            keep[allowed] = 0
-            lp += keep
+        lp = restrict(lm.logprobs([tuple(seq)])[0], constraint.allowed())
         token = int(lp.argmax())
         constraint.advance(token)
         if token in END_IDS:
@@ -237,14 +233,18 @@ def test_constraint_spells_what_was_taken_back(tokenizer):
     need = b"resu"
     c = Constraint(tokenizer, need)
     table = tokenizer.token_bytes
-    for i in c.allowed():
-        assert table[i].startswith(need) or need.startswith(table[i])
+    allowed = c.allowed().nonzero().flatten().tolist()
+    assert allowed
+    for i in range(len(table)):
+        fits = bool(table[i]) and i not in tokenizer.special_ids and (
+            table[i].startswith(need) or need.startswith(table[i]))
+        assert (i in allowed) == fits
     first = tokenizer.prefix_index.prefixes_of(need)[0]
     c.advance(first)
     assert c.need == need[len(table[first]):]
     spelled = table[first]
-    while (allowed := c.allowed()) is not None:
-        shortest = min(allowed, key=lambda i: len(table[i]))
+    while (mask := c.allowed()) is not None:
+        shortest = min(mask.nonzero().flatten().tolist(), key=lambda i: len(table[i]))
         c.advance(shortest)
         spelled += table[shortest]
     assert spelled.startswith(need)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import cursor, fim
+from . import cursor, fim, utf8
 from .checkpoint import load_model
 from .generate import Generation, Sampling, generate, prefill
 from .hardware import resolve_dtype
@@ -156,13 +156,16 @@ class Engine:
                 gen = Generation(finish_reason="stop", cache_valid=len(prompt) + len(path))
             else:
                 out.skip = len(forced)
-                constraint = cursor.Constraint(self.tokenizer, forced) if forced else None
+                before = prefix.encode() + out.rule.data  # the forced bytes are spelled again
+                before = before[:len(before) - len(forced)]
+                guard = utf8.Guard(self.tokenizer.token_bytes, vocab, utf8.incomplete_tail(before))
+                constraints = [guard, *([cursor.Constraint(self.tokenizer, forced)] if forced else [])]
                 room = cache.max_seq - len(prompt) - len(path)
                 gen = generate(self.model, prompt + list(path), min(max_tokens - stepped, room),
                                end_ids=self.end_ids, sampling=sampling,
                                should_stop=out.feed_token, cache=cache,
                                cached=len(prompt) + len(path), vocab_limit=vocab, logits=logits,
-                               constraint=constraint, generator=generator)
+                               constraints=constraints, generator=generator)
         if slot is not None:
             slot.ids = (prompt + list(path) + gen.tokens)[:gen.cache_valid]
         text = out.finish()

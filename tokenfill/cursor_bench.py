@@ -86,6 +86,7 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
             result = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
                                      cursor_mode=mode)
             hits[mode, "suffix", side].append(result.text == hole.middle)
+            words[mode, "suffix", side].append(result.text.startswith(hole.middle))
             similar[mode, "suffix", side].append(
                 Levenshtein.normalized_similarity(result.text, hole.middle))
 
@@ -137,11 +138,14 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
     lines += ["", f"Suffix side: {len(suffix)} holes from a token's start to a point strictly "
               "inside it (the suffix starts mid-token) against the same holes ending at the "
               "token's end; exact match of the middle.", "",
-              "| mode | middle EM: suffix starts mid-token / control | middle edit similarity: "
-              "mid-token / control |", "| --- | --- | --- |"]
+              "| mode | middle EM: suffix starts mid-token / control | completion starts with the "
+              "middle: mid-token / control | middle edit similarity: mid-token / control |",
+              "| --- | --- | --- | --- |"]
     for mode in CURSOR_MODES:
         lines.append(f"| `{mode}` | {rate(mode, 'suffix', 'inside') * 100:.1f}% / "
                      f"{rate(mode, 'suffix', 'control') * 100:.1f}% | "
+                     f"{rate(mode, 'suffix', 'inside', words) * 100:.1f}% / "
+                     f"{rate(mode, 'suffix', 'control', words) * 100:.1f}% | "
                      f"{rate(mode, 'suffix', 'inside', similar) * 100:.1f} / "
                      f"{rate(mode, 'suffix', 'control', similar) * 100:.1f} |")
     if out is not None:

@@ -8,7 +8,7 @@ indentation) live in the caller's `should_stop`, which sees each new token id.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,9 +19,10 @@ from .model import KVCache, Transformer
 
 
 class Constraint(Protocol):
-    """Limits the next token: `allowed()` gives its ids (None: any); `advance` sees the choice."""
+    """Limits the next token: `allowed()` masks the ids it may take (None: any); `advance` sees
+    the choice."""
 
-    def allowed(self) -> list[int] | None: ...
+    def allowed(self) -> Tensor | None: ...
 
     def advance(self, token: int) -> None: ...
 
@@ -71,6 +72,17 @@ def sample(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def restrict(logits: Tensor, allowed: Tensor | None) -> Tensor:
+    """Logits with the ids outside the bool mask `allowed` at -inf (unchanged if none is left)."""
+    if allowed is None:
+        return logits
+    keep = torch.zeros(logits.numel(), dtype=torch.bool)
+    n = min(allowed.numel(), logits.numel())
+    keep[:n] = allowed[:n]
+    kept = logits.masked_fill(~keep, float("-inf"))
+    return kept if bool(torch.isfinite(kept).any()) else logits
+
+
 def prefill(model: Transformer, cache: KVCache, ids: list[int], start: int = 0) -> Tensor:
     """Run `ids` into the cache at [start, start+len(ids)); logits (vocab,) after the last one."""
     return model(torch.tensor([ids]), start, cache)[0, -1]
@@ -96,7 +108,7 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
              should_stop: Callable[[int], bool] | None = None,
              cache: KVCache | None = None, cached: int = 0,
              vocab_limit: int | None = None, logits: Tensor | None = None,
-             constraint: Constraint | None = None,
+             constraints: Sequence[Constraint] = (),
              generator: torch.Generator | None = None) -> Generation:
     """Generate up to `max_new_tokens` after `prompt`.
 
@@ -104,8 +116,8 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
     so after that token was appended. With `cache`, its first `cached` positions must already hold
     `prompt[:cached]` (KV reuse): only the rest of the prompt is run; a caller that has run all of
     it passes the `logits` after it instead. Ids >= `vocab_limit` are never sampled (checkpoints
-    often pad the embedding past the tokenizer's vocabulary). A `constraint` limits the first
-    tokens to the ids it allows.
+    often pad the embedding past the tokenizer's vocabulary). `constraints` limit the tokens to
+    the ids they all allow (one that would leave none is set aside for that step).
     """
     out = Generation()
     if cache is None:
@@ -121,12 +133,10 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
     t0 = time.perf_counter()
     for i in range(max_new_tokens):
         logits = logits[:vocab_limit]
-        if constraint is not None and (allowed := constraint.allowed()) is not None:
-            keep = torch.full_like(logits, float("-inf"))
-            keep[allowed] = 0
-            logits = logits + keep
+        for constraint in constraints:
+            logits = restrict(logits, constraint.allowed())
         token = sample(logits, sampling, generator)
-        if constraint is not None:
+        for constraint in constraints:
             constraint.advance(token)
         if token in end_ids:
             out.finish_reason = "stop"
