@@ -15,7 +15,7 @@ class Oracle:
         self.answers = {(r["prompt"], r["suffix"]): r["canonical_solution"] for r in rows}
         self.wrong = wrong
 
-    def complete(self, prefix, suffix, max_tokens):
+    def complete(self, prefix, suffix, max_tokens, cursor_mode="exact"):
         text = "    return None\n" if self.wrong else self.answers[(prefix, suffix)]
         return Completion(text, 1, "stop", 1, 1, 0.0, 0.0, 0.0)
 

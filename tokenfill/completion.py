@@ -86,7 +86,8 @@ class Engine:
                                           "cannot use the text after the cursor (suffix)")
         reserve = 0
         if cursor_mode == "exact":  # room for the paths through the partial word
-            reserve = cursor.room(self.tokenizer, cursor.split_partial(self.tokenizer, prefix)[1].encode())
+            partial = cursor.split_partial(self.tokenizer, prefix)[1].encode()
+            reserve = cursor.room(self.tokenizer, partial, min(cursor.MAX_BYTES, self.context // 8))
         budget = self.context - max_tokens - reserve - (self.fim.overhead if self.fim else 0)
         if budget < 0:
             raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in the model's "

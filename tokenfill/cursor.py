@@ -317,12 +317,13 @@ def start_paths(tokenizer: Tokenizer, partial: bytes) -> list[tuple[tuple[int, .
     return paths
 
 
-def room(tokenizer: Tokenizer, partial: bytes) -> int:
+def room(tokenizer: Tokenizer, partial: bytes, grow: int = MAX_BYTES) -> int:
     """Cache positions past the prompt that the exact cursor needs beyond the generated tokens:
-    the tree of start paths, or the tokens that spell the partial word, and some to grow in.
-    (Where paths outgrow it, decoding goes on by tokens from the heaviest one.)"""
+    the tree of start paths, or the tokens that spell the partial word, and `grow` more for the
+    paths opened byte by byte. (Where they outgrow it, decoding goes on by tokens from the
+    heaviest path.)"""
     tree = {seq[:k] for seq, _ in start_paths(tokenizer, partial) for k in range(1, len(seq) + 1)}
-    return max(len(tree), len(partial)) + MAX_BYTES
+    return max(len(tree), len(partial)) + grow
 
 
 def split_points(tokenizer: Tokenizer, partial: bytes) -> list[int]:
