@@ -160,3 +160,18 @@ async def test_newer_request_supersedes_older(client: LanguageClient):
     assert newer and await older is None
     counts = await client.protocol.send_request_async("tokenfill/stats", {})
     assert counts.superseded >= 1
+
+
+@pytest.mark.asyncio
+async def test_a_model_that_fails_to_load_is_an_error_until_a_good_one_is_set(
+        client: LanguageClient, request):
+    """Loading runs off the event loop: the server answers meanwhile, and a bad model directory
+    is the completions' error, not a crash."""
+    await configure(client, model="/nowhere/model")
+    open_doc(client, "x = \n")
+    with pytest.raises(Exception, match="tokenizer.json|nowhere"):
+        await inline(client, 0, 4)
+    counts = await client.protocol.send_request_async("tokenfill/stats", {})  # still answering
+    assert counts.requests >= 1
+    await configure(client, model=str(request.getfixturevalue("chatty_model_dir")))
+    assert await inline(client, 0, 4)

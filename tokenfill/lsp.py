@@ -127,19 +127,32 @@ class TokenfillServer(LanguageServer):
         super().__init__("tokenfill", __version__)
         self.settings = LspSettings()
         self.counts = Counts()
-        self.backend: InProcessBackend | RemoteBackend | None = None
+        self.backend: asyncio.Future | None = None  # -> InProcessBackend | RemoteBackend
         self.latest: dict[str, int] = {}
         self.ids = itertools.count(1)
 
     def configure(self, options: Any) -> None:
+        """Apply settings; a new model or server URL loads a new backend in a thread, so the
+        server keeps answering (completions wait for it; a failed load is their error)."""
         before = (self.settings.model, self.settings.serverUrl)
         self.settings.update(options)
         if self.backend is None or before != (self.settings.model, self.settings.serverUrl):
-            if self.backend is not None:
-                self.backend.close()
-            self.backend = RemoteBackend(self.settings.serverUrl) if self.settings.serverUrl \
-                else InProcessBackend(self.settings.model)
-            log.info("backend: %s", self.settings.serverUrl or self.settings.model)
+            self.backend = asyncio.ensure_future(self._load(self.backend, self.settings.model,
+                                                            self.settings.serverUrl))
+
+    @staticmethod
+    async def _load(previous: asyncio.Future | None, model: str, url: str | None
+                    ) -> InProcessBackend | RemoteBackend:
+        if previous is not None:
+            try:
+                old = await previous
+            except Exception as e:  # noqa: BLE001 (its completions were answered with the error)
+                log.warning("the previous backend had failed to load: %s", e)
+            else:
+                old.close()
+        backend = RemoteBackend(url) if url else await asyncio.to_thread(InProcessBackend, model)
+        log.info("backend: %s", url or model)
+        return backend
 
     async def completions(self, uri: str, position: types.Position, n: int, automatic: bool,
                           head: str = "") -> list[str] | None:
@@ -159,9 +172,11 @@ class TokenfillServer(LanguageServer):
             texts: list[str] = []
             for i in range(n):
                 sampling = Sampling() if i == 0 else Sampling(temperature=0.7, top_p=0.95, seed=i)
-                text = await self.backend.complete(uri, prefix, suffix, self.settings.maxTokens,
-                                                   self.settings.singleLine, sampling,
-                                                   self.settings.cursorMode)
+                # shielded: a cancelled request must not cancel the backend's loading
+                backend = await asyncio.shield(self.backend)
+                text = await backend.complete(uri, prefix, suffix, self.settings.maxTokens,
+                                              self.settings.singleLine, sampling,
+                                              self.settings.cursorMode)
                 if self.latest.get(uri) != ticket:
                     self.counts.superseded += 1
                     return None
