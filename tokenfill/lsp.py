@@ -14,6 +14,8 @@
 - Accepted and rejected completions are counted (an item's `tokenfill.accept` command, or llm-ls's
   `llm-ls/acceptCompletion` / `llm-ls/rejectCompletion`); `tokenfill/stats` returns the counts.
 - `llm-ls/getCompletions` is answered too, so llm.nvim, llm-vscode and llm-intellij work unchanged.
+A model loads in a thread (at `initialize`, and when the settings name another one), so the server
+keeps answering meanwhile; completions wait for it, and a model that fails to load is their error.
 A failing request is logged (stderr) and answered with an LSP error; the server keeps running.
 """
 
