@@ -133,7 +133,7 @@ def test_client_disconnect_aborts_generation(server):
             next(r.iter_lines())  # the first piece has arrived: generation is under way
     line = server.log_line(request_id)
     assert "aborted (client disconnected)" in line, line
-    generated = int(re.search(r"\((\d+) tokens\) aborted", line).group(1))
+    generated = int(re.search(r"\((\d+) tokens\) engine=[0-9.]+ms aborted", line).group(1))
     assert generated < 2000
 
 
