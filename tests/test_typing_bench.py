@@ -39,3 +39,9 @@ def test_heldout_packages_are_not_training_packages():
         assert "django" in str(e)
     else:
         raise AssertionError("overlap not detected")
+
+
+def test_the_typist_pauses_at_word_ends():
+    typed = "def f(x):"
+    ends = [i for i in range(1, len(typed) + 1) if typing_bench.word_end(typed, i)]
+    assert [typed[:i] for i in ends] == ["def ", "def f(", "def f(x)"]
