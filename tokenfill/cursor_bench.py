@@ -96,33 +96,29 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
         return sum(values) / max(len(values), 1)
 
     kinds = [*holes.TOKEN_KINDS, "all"]
+
+    def by_kind(of: dict, unit: str) -> list[str]:
+        """A table: a row per mode, a column per token kind, inside / control in each cell."""
+        return ["| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
+                "| --- |" + " --- |" * len(kinds),
+                *(f"| `{mode}` | " + " | ".join(
+                    f"{rate(mode, k, 'inside', of) * 100:.1f}{unit} / "
+                    f"{rate(mode, k, 'control', of) * 100:.1f}{unit}" for k in kinds) + " |"
+                  for mode in CURSOR_MODES)]
+
     counts = {k: sum(1 for p in pairs if p.kind == k) for k in holes.TOKEN_KINDS}
     counts["all"] = len(pairs)
+    per_kind = ", ".join(f"{counts[k]} {k}" for k in holes.TOKEN_KINDS)
     lines = [header(f"tokenfill bench cursor --model {model.name}"), "",
-             f"{len(pairs)} held-out cursors strictly inside tokens ({', '.join(f'{counts[k]} {k}' for k in holes.TOKEN_KINDS)}), "
+             f"{len(pairs)} held-out cursors strictly inside tokens ({per_kind}), "
              f"each with its control (cursor at the token's start); exact match of the completed "
              f"line, greedy, max {max_tokens} tokens.", "",
-             "| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
-             "| --- |" + " --- |" * len(kinds)]
-    for mode in CURSOR_MODES:
-        lines.append(f"| `{mode}` | " + " | ".join(
-            f"{rate(mode, k, 'inside') * 100:.1f}% / {rate(mode, k, 'control') * 100:.1f}%"
-            for k in kinds) + " |")
+             *by_kind(hits, "%")]
     lines += ["", "The token completed: the text from the token's start spells the whole token and "
               "ends it there (the first thing a cursor inside a word needs), same holes:", "",
-              "| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
-              "| --- |" + " --- |" * len(kinds)]
-    for mode in CURSOR_MODES:
-        lines.append(f"| `{mode}` | " + " | ".join(
-            f"{rate(mode, k, 'inside', words) * 100:.1f}% / "
-            f"{rate(mode, k, 'control', words) * 100:.1f}%" for k in kinds) + " |")
+              *by_kind(words, "%")]
     lines += ["", "Edit similarity (0-100) of the completed line to the original, same holes:", "",
-              "| mode | " + " | ".join(f"{k} inside / control" for k in kinds) + " |",
-              "| --- |" + " --- |" * len(kinds)]
-    for mode in CURSOR_MODES:
-        lines.append(f"| `{mode}` | " + " | ".join(
-            f"{rate(mode, k, 'inside', similar) * 100:.1f} / "
-            f"{rate(mode, k, 'control', similar) * 100:.1f}" for k in kinds) + " |")
+              *by_kind(similar, "")]
     lines += ["", "Cost on the cursors inside tokens, same run. Completions differ between modes, "
               "so whole-completion times mix the method's cost with what was generated; the "
               "time until token-by-token decoding starts (the prompt, plus for `exact` the bytes "
