@@ -91,6 +91,21 @@ def test_exact_masses_equal_brute_force_enumeration(tokenizer):
                                    msg=f"partial word {y!r}")
 
 
+def test_exact_masses_with_another_pretokenizer():
+    """GPT-2's pretokenizer (a family tokenizer) splits differently; the masses stay exact."""
+    from .test_fim import FAMILIES, family_tokenizer
+
+    tok = family_tokenizer(FAMILIES["starcoder"])
+    lm = ToyLM(tok.vocab_size, seed=4)
+    for y in [b"self", b" resu", b"  ", b"12", b"x"]:
+        exact = ExactCursor(tok, lm, y, END_IDS, floor=0.0)
+        exact.resolve_all()
+        got, _ = exact.masses()
+        want = cursor.reference_masses(tok, lm, y, END_IDS)
+        torch.testing.assert_close(normalised(got, y), normalised(want, y), rtol=1e-9, atol=1e-12,
+                                   msg=f"partial word {y!r}")
+
+
 def test_masses_stay_exact_as_bytes_are_added(tokenizer):
     lm = ToyLM(tokenizer.vocab_size, seed=1)
     for start, more in [(b"re", b"sult "), (b"se", b"lf.x"), (b" ", b"  print"), (b"1", b"23")]:
