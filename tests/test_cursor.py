@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tokenfill import cursor, utf8
-from tokenfill.cursor import END, Constraint, ExactCursor, ModelScorer
+from tokenfill.cursor import Constraint, ExactCursor, ModelScorer
 from tokenfill.generate import Sampling, restrict
 from tokenfill.model import reference_logits
 
@@ -84,9 +84,8 @@ def test_exact_masses_equal_brute_force_enumeration(tokenizer):
     for y in WORDS:
         exact = ExactCursor(tokenizer, lm, y, END_IDS, floor=0.0)
         exact.resolve_all()
-        got, pending = exact.masses()
+        got = exact.masses()
         want = cursor.reference_masses(tokenizer, lm, y, END_IDS)
-        assert pending == 0
         torch.testing.assert_close(normalised(got, y), normalised(want, y), rtol=1e-9, atol=1e-12,
                                    msg=f"partial word {y!r}")
 
@@ -100,7 +99,7 @@ def test_exact_masses_with_another_pretokenizer():
     for y in [b"self", b" resu", b"  ", b"12", b"x"]:
         exact = ExactCursor(tok, lm, y, END_IDS, floor=0.0)
         exact.resolve_all()
-        got, _ = exact.masses()
+        got = exact.masses()
         want = cursor.reference_masses(tok, lm, y, END_IDS)
         torch.testing.assert_close(normalised(got, y), normalised(want, y), rtol=1e-9, atol=1e-12,
                                    msg=f"partial word {y!r}")
@@ -116,7 +115,7 @@ def test_masses_stay_exact_as_bytes_are_added(tokenizer):
             exact.advance(b)
             y += bytes([b])
             exact.resolve_all()
-            got, _ = exact.masses()
+            got = exact.masses()
             want = cursor.reference_masses(tokenizer, lm, y, END_IDS)
             torch.testing.assert_close(normalised(got, y), normalised(want, y), rtol=1e-9,
                                        atol=1e-12, msg=f"after {y!r}")
@@ -157,22 +156,6 @@ def test_greedy_takes_the_most_probable_first_path(tokenizer):
         assert begun.seq == best, y
 
 
-def test_greedy_choice_with_deferred_passes_matches_the_full_argmax(tokenizer):
-    lm = ToyLM(tokenizer.vocab_size, seed=2)
-    for y in WORDS:
-        lazy = ExactCursor(tokenizer, lm, y, END_IDS, floor=0.0)
-        full = ExactCursor(tokenizer, lm, y, END_IDS, floor=0.0)
-        for _ in range(4):
-            b = lazy.choose(Sampling(), None)
-            full.resolve_all()
-            mass, _ = full.masses()
-            assert b == int(mass.argmax())
-            if b == END:
-                break
-            lazy.advance(b)
-            full.advance(b)
-
-
 TEXT = st.text(st.sampled_from(list("abcdefghijklmnopqrstuvwxyz_ ().=:\r\n\t0123456789é✓日")),
                min_size=1, max_size=24)
 
@@ -195,8 +178,9 @@ def finish(tokenizer, lm, begun: cursor.ByteStart, limit: int = 40) -> bytes:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=TEXT, cut=st.integers(min_value=0, max_value=24), byte_greedy=st.booleans())
-def test_exact_reproduces_the_text_a_sure_model_knows(tokenizer, text, cut, byte_greedy):
+@given(text=TEXT, cut=st.integers(min_value=0, max_value=24),
+       temperature=st.sampled_from([0.0, 1.0]))
+def test_exact_reproduces_the_text_a_sure_model_knows(tokenizer, text, cut, temperature):
     """Cursor at any character: the partial word is the last piece before it; a model sure of
     the whole middle must get exactly the rest back, and every byte stays valid UTF-8."""
     cut = min(cut, len(text))
@@ -206,14 +190,15 @@ def test_exact_reproduces_the_text_a_sure_model_knows(tokenizer, text, cut, byte
     middle = (partial + text[cut:]).encode()
     lm = SureLM(tokenizer.encode(middle.decode()), tokenizer.vocab_size)
     begun = ExactCursor(tokenizer, lm, partial.encode(), END_IDS).run(
-        Sampling(), None, on_byte=lambda b: False, byte_greedy=byte_greedy)
+        Sampling(temperature=temperature, seed=0), torch.Generator().manual_seed(0),
+        on_byte=lambda b: False)
     got = begun.text if begun.ended else finish(tokenizer, lm, begun)
     assert got == text[cut:].encode()
     (text[:cut].encode() + got).decode()  # valid UTF-8
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=TEXT, seed=st.integers(0, 3), temperature=st.sampled_from([0.0, 1.0]))
+@given(text=TEXT, seed=st.integers(0, 3), temperature=st.sampled_from([0.5, 1.0]))
 def test_bytes_chosen_one_at_a_time_are_always_valid_utf8(tokenizer, text, seed, temperature):
     head, partial = cursor.split_partial(tokenizer, text)
     if not partial:
@@ -221,8 +206,7 @@ def test_bytes_chosen_one_at_a_time_are_always_valid_utf8(tokenizer, text, seed,
     lm = ToyLM(tokenizer.vocab_size, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     begun = ExactCursor(tokenizer, lm, partial.encode(), END_IDS).run(
-        Sampling(temperature=temperature), generator, on_byte=lambda b: False, max_bytes=12,
-        byte_greedy=True)
+        Sampling(temperature=temperature), generator, on_byte=lambda b: False, max_bytes=12)
     data = partial.encode() + begun.text
     if begun.ended:
         data.decode()  # whole characters

@@ -20,8 +20,8 @@ every split i. Next byte b has mass
     sum over groups of P(seq) * sum of P(t | seq) over tokens t that start with q + b,
 and the end of the middle has mass P(seq) * P(end | seq) for the group with q == b"". After b is
 chosen each group's q grows by b, and a token t == q + b opens the group (seq + [t], b""), whose
-next-token distribution costs one forward pass. Greedy decoding defers that pass while the
-group's whole mass P(seq + [t]) cannot change which byte wins. Only canonical sequences count:
+next-token distribution costs one forward pass (all new groups of a step share one). Only
+canonical sequences count:
 seq + [t] must be the encoding of its own text (`canonical`; where that text ends in whitespace,
 of its text and what may follow, since a pretokenizer gives a run's last space to the next word).
 
@@ -180,52 +180,35 @@ class ExactCursor:
             for g, lp in zip(pending, self.scorer.logprobs([g.seq for g in pending])):
                 self.groups += self._resolve(g, lp)
 
-    def masses(self) -> tuple[Tensor, float]:
-        """Mass (257,) of each next byte and of the end, from resolved groups, and the total mass
-        of unresolved ones (an upper bound on what they could add to any one outcome)."""
+    def masses(self) -> Tensor:
+        """Mass (257,) of each next byte and of the end (call `resolve_all` first)."""
         top = max(g.logp for g in self.groups)
         mass = torch.zeros(END + 1, dtype=torch.float64)
-        pending = 0.0
         for g in self.groups:
+            assert g.tokens is not None, "masses() of an unresolved group"
             weight = math.exp(g.logp - top)
-            if g.tokens is None:
-                pending += weight
-                continue
             if g.tokens:
                 nxt, probs = g.arrays()
                 mass.index_add_(0, nxt, probs * weight)
             if not g.q:
                 mass[END] += weight * g.end
         mass[~utf8.allowed_bytes(self.y)] = 0
-        return mass, pending
+        return mass
 
     def choose(self, sampling: Sampling, generator: torch.Generator | None) -> int:
-        mass, pending = self.masses()
-        if pending and sampling.temperature == 0:
-            best = int(mass.argmax())
-            runner_up = float(torch.cat([mass[:best], mass[best + 1:]]).max())
-            if mass[best] - runner_up < pending:  # the unresolved groups could change the winner
-                self.resolve_all()
-                mass, _ = self.masses()
-        elif pending:
-            self.resolve_all()
-            mass, _ = self.masses()
+        """The next byte (or END), drawn from the exact distribution."""
+        self.resolve_all()
+        mass = self.masses()
         if float(mass.sum()) == 0:
-            self.resolve_all()
-            mass, _ = self.masses()
-            if float(mass.sum()) == 0:
-                return END  # nothing the model can say continues these bytes
+            return END  # nothing the model can say continues these bytes
         return sample(mass.log(), sampling, generator)
 
     def advance(self, b: int) -> list[Group]:
         """Append byte b. Returns the groups that had mass for it, as they were before."""
         survivors, kept, opened = [], [], []
         for g in self.groups:
+            assert g.tokens is not None, "advance() past an unresolved group"
             q = g.q + bytes([b])
-            if g.tokens is None:  # unresolved: goes on as a bound
-                survivors.append(g)
-                kept.append(Group(g.seq, g.logp, q, open_from=g.open_from))
-                continue
             tokens = [t for t in g.tokens if t[0].startswith(q)]
             if not tokens:
                 continue
@@ -240,13 +223,11 @@ class ExactCursor:
         return survivors
 
     def run(self, sampling: Sampling, generator: torch.Generator | None,
-            on_byte: Callable[[bytes], bool], max_bytes: int = MAX_BYTES,
-            byte_greedy: bool = False) -> ByteStart:
+            on_byte: Callable[[bytes], bool], max_bytes: int = MAX_BYTES) -> ByteStart:
         """Sampling: draw bytes from the exact distribution until one token path is left (or
         `max_bytes`); `on_byte` sees each byte and returns True to end the middle there.
-        Greedy: the most probable first path (`mode`), unless `byte_greedy` asks for the most
-        probable byte at each step."""
-        if sampling.temperature == 0 and not byte_greedy:
+        Greedy: the most probable first path (`mode`)."""
+        if sampling.temperature == 0:
             return self.mode(on_byte)
         text = b""
         try:
@@ -297,9 +278,6 @@ class ExactCursor:
     def pick(self, survivors: list[Group], b: int, sampling: Sampling,
              generator: torch.Generator | None) -> Group:
         """One token path among several: the heaviest for byte b when greedy, else drawn by mass."""
-        pending = [g for g in survivors if g.tokens is None]
-        for g, lp in zip(pending, self.scorer.logprobs([g.seq for g in pending])):
-            self.groups += self._resolve(g, lp)
         weights = []
         for g in survivors:
             q = g.q + bytes([b])
