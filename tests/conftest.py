@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from tokenfill.checkpoint import save_model
 from tokenfill.model import ModelConfig, Transformer
 from tokenfill.tokenizer import Tokenizer, train_bpe
+
+# Property tests draw the same examples on every run, so a run's result does not depend on luck;
+# HYPOTHESIS_PROFILE=explore draws fresh ones (and finds the cases worth adding as @example).
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

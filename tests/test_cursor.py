@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tokenfill import cursor, utf8
@@ -180,6 +180,7 @@ def finish(tokenizer, lm, begun: cursor.ByteStart, limit: int = 40) -> bytes:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=TEXT, cut=st.integers(min_value=0, max_value=24),
        temperature=st.sampled_from([0.0, 1.0]))
+@example(text="00日日", cut=3, temperature=0.0)  # a token cuts the character after the cursor
 def test_exact_reproduces_the_text_a_sure_model_knows(tokenizer, text, cut, temperature):
     """Cursor at any character: the partial word is the last piece before it; a model sure of
     the whole middle must get exactly the rest back, and every byte stays valid UTF-8."""

@@ -55,3 +55,11 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
 def test_missing_tokenizer_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         Tokenizer.from_file(tmp_path)
+
+
+def test_encode_piece_takes_raw_bytes_as_one_piece(tokenizer):
+    for piece in ["self", " result", "\n    ", "日日", "123"]:
+        assert tokenizer.encode_piece(piece.encode()) == tokenizer.encode(piece)
+    cut = "日".encode()[:2]  # half a character: the library cannot encode it as text
+    ids = tokenizer.encode_piece(cut)
+    assert ids and tokenizer.decode_bytes(ids) == cut

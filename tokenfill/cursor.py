@@ -288,10 +288,17 @@ class ExactCursor:
 
 def start_paths(tokenizer: Tokenizer, partial: bytes) -> list[tuple[tuple[int, ...], bytes]]:
     """The groups (seq, q) of the partial word: its own encoding with q == b"", then
-    (encode(partial[:i]), partial[i:]) for every split i some token can start at."""
+    (encoding of partial[:i], partial[i:]) for every split i some token can start at. A
+    byte-level BPE may cut a character (a token can start with its last bytes), so splits
+    inside a character count too; the bytes before them are encoded as one piece, as the
+    partial word is."""
     paths = [(tuple(tokenizer.encode(partial.decode())), b"")]
     for i in split_points(tokenizer, partial):
-        paths.append((tuple(tokenizer.encode(partial[:i].decode())), partial[i:]))
+        try:
+            seq = tokenizer.encode(partial[:i].decode())
+        except UnicodeDecodeError:
+            seq = tokenizer.encode_piece(partial[:i])
+        paths.append((tuple(seq), partial[i:]))
     return paths
 
 
@@ -305,11 +312,14 @@ def room(tokenizer: Tokenizer, partial: bytes, grow: int = MAX_BYTES) -> int:
 
 
 def split_points(tokenizer: Tokenizer, partial: bytes) -> list[int]:
-    """Character boundaries i < len(partial) where some token starts with partial[i:]."""
+    """Positions 0 <= i < len(partial) where some token starts with partial[i:]: character
+    boundaries, and inside a character where the tokenizer can encode bytes that cut one."""
     longest = max(map(len, tokenizer.token_bytes))
+    cuts = tokenizer.encode_piece(b"") is not None
     points = []
     for i in range(max(0, len(partial) - longest), len(partial)):
-        if (partial[i] & 0xC0) != 0x80 and tokenizer.prefix_index.starting_with(partial[i:]):
+        inside = (partial[i] & 0xC0) == 0x80
+        if (cuts or not inside) and tokenizer.prefix_index.starting_with(partial[i:]):
             points.append(i)
     return points
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Iterable
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -36,6 +36,11 @@ def _bytelevel_decoder() -> dict[str, int]:
             chars[chr(256 + n)] = b
             n += 1
     return chars
+
+
+@cache
+def _bytelevel_encoder() -> dict[int, str]:
+    return {b: c for c, b in _bytelevel_decoder().items()}
 
 
 class Tokenizer:
@@ -74,6 +79,14 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_piece(self, data: bytes) -> list[int] | None:
+        """Ids of raw bytes taken as one pretokenizer piece, even where they end inside a character
+        (a byte-level BPE can cut one); None for tokenizers without byte-level pieces."""
+        if self._decoder_kind != "bytelevel":
+            return None
+        chars = _bytelevel_encoder()
+        return [t.id for t in self._tok.model.tokenize("".join(chars[b] for b in data))]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids` (invalid UTF-8, e.g. half a character, becomes U+FFFD)."""
