@@ -25,6 +25,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="weights' dtype; auto: bf16 on CPUs with fast bf16, else fp32")
     add_cursor_option(p)
+    add_speculative_option(p)
+
+
+def add_speculative_option(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--no-speculative", dest="speculative", action="store_false",
+                   help=f"decode token by token{what}, without verifying drafts (same output, "
+                        "slower)")
 
 
 def add_cursor_option(p: argparse.ArgumentParser, what: str = "") -> None:
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens to generate when a request does not say (default 64)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     add_cursor_option(p, " (for requests without a cursor_mode field)")
+    add_speculative_option(p, " (for requests without a speculative field)")
 
     sub.add_parser("lsp", help="a language server over stdio (inline completion, completion)")
 
@@ -187,7 +195,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
     sampling = sampling_of(args)
     engine = load_engine(args)
     result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
-                             sampling=sampling, cursor_mode=args.cursor_mode)
+                             sampling=sampling, cursor_mode=args.cursor_mode,
+                             speculative=args.speculative)
     print(result.text)
     return 0
 
@@ -204,7 +213,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     engine = load_engine(args)
     with open(args.input, encoding="utf-8") as f:
         lines = f.read().splitlines()
-    done = skipped = 0
+    done = skipped = forwards = drafted = accepted = 0
     with open(args.output, "w", encoding="utf-8") as out:
         for number, line in enumerate(tqdm(lines, desc="completing", unit="task"), start=1):
             if not line.strip():
@@ -218,13 +227,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             result = engine.complete(task["prefix"], task.get("suffix", ""),
                                      max_tokens=args.max_tokens, sampling=sampling,
-                                     cursor_mode=args.cursor_mode)
+                                     cursor_mode=args.cursor_mode, speculative=args.speculative)
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
-                        tokens=result.tokens)
+                        tokens=result.tokens, forwards=result.forwards)
+            if args.speculative:
+                task.update(drafted=result.drafted, accepted=result.accepted,
+                            mean_accepted=round(result.mean_accepted, 3))
+            forwards, drafted, accepted = (forwards + result.forwards, drafted + result.drafted,
+                                           accepted + result.accepted)
             out.write(json.dumps(task, ensure_ascii=False) + "\n")
             out.flush()
             done += 1
     print(f"{done} completed, {skipped} skipped -> {args.output}", file=sys.stderr)
+    if args.speculative and forwards:
+        print(f"speculative: {drafted} tokens drafted, {accepted} accepted, "
+              f"{accepted / forwards:.2f} accepted per decoding pass", file=sys.stderr)
     return 0
 
 
@@ -262,7 +279,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for line, column in DEMO_CURSORS:
         offset = cursor_offset(text, line, column)
         result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
-                                 sampling=sampling, cursor_mode=args.cursor_mode)
+                                 sampling=sampling, cursor_mode=args.cursor_mode,
+                                 speculative=args.speculative)
         shown = text[:offset].rsplit("\n", 1)[-1]
         print(f"line {line}, column {column}:  {shown}\u2502")
         print(f"  completion ({result.tokens} tokens, {result.total_ms:.0f} ms): {result.text!r}\n")
@@ -285,7 +303,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(model=args.model, dtype=args.dtype, api_key=args.api_key,
                               max_body_bytes=args.max_body_bytes, n_slots=args.slots,
                               cache_reuse=not args.no_cache_reuse,
-                              default_max_tokens=args.max_tokens, cursor_mode=args.cursor_mode)
+                              default_max_tokens=args.max_tokens, cursor_mode=args.cursor_mode,
+                              speculative=args.speculative)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -21,6 +21,7 @@ from .generate import Generation, Sampling, generate, prefill
 from .hardware import resolve_dtype
 from .model import Transformer
 from .slots import SlotPool
+from .speculative import Speculator
 from .stops import StopRule
 from .tokenizer import Tokenizer
 
@@ -38,6 +39,15 @@ class Completion:
     stop_string: str = ""      # the stop string that ended it, if one did
     cursor_ms: float = 0.0     # exact: the prompt and the partial word's bytes, one at a time
     cursor_passes: int = 0     # exact: forward passes that took (the first runs the prompt too)
+    forwards: int = 0          # decoding passes (speculative: one per draft tree)
+    drafted: int = 0           # speculative: draft tokens verified
+    accepted: int = 0          # speculative: draft tokens accepted
+    by_drafter: dict[str, list[int]] | None = None  # speculative: name -> [drafted, accepted]
+
+    @property
+    def mean_accepted(self) -> float:
+        """Draft tokens accepted per decoding pass (each pass also yields one of its own)."""
+        return self.accepted / self.forwards if self.forwards else 0.0
 
 
 class Engine:
@@ -53,6 +63,7 @@ class Engine:
             self.fim = None  # plain left-to-right completion only; a suffix is refused
         self.context = model.config.max_position_embeddings
         self.name = name
+        self.speculator = Speculator(len(tokenizer.token_bytes))  # its tables outlive requests
 
     @classmethod
     def load(cls, directory: str | Path, dtype: str = "auto", require_fim: bool = True) -> Engine:
@@ -114,14 +125,16 @@ class Engine:
                  cursor_mode: str = "exact", time_budget_ms: float | None = None,
                  slots: SlotPool | None = None, reuse: bool = True,
                  abort: Callable[[], bool] | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Completion:
+                 on_text: Callable[[str], None] | None = None,
+                 speculative: bool = True) -> Completion:
         """The completion at the cursor between `prefix` and `suffix`.
 
         `cursor_mode` says how a prefix that ends inside a token is handled (cursor.py). With
         `slots`, the prompt runs in a KV cache slot, reusing the longest cached prefix unless
         `reuse` is off; `max_tokens=0` then only fills a slot (a warm-up). `abort` is polled after
         every token; `on_text` receives the text as it becomes final, in pieces whose
-        concatenation is the completion.
+        concatenation is the completion. `speculative` decodes by verified draft trees
+        (speculative.py): the same output, in fewer passes.
         """
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
@@ -162,7 +175,8 @@ class Engine:
                 guard = utf8.Guard(self.tokenizer.token_bytes, vocab, utf8.incomplete_tail(before))
                 constraints = [guard, *([cursor.Constraint(self.tokenizer, forced)] if forced else [])]
                 room = cache.max_seq - len(prompt) - len(path)
-                gen = generate(self.model, prompt + list(path), min(max_tokens - stepped, room),
+                decode = self.speculator.generate if speculative else generate
+                gen = decode(self.model, prompt + list(path), min(max_tokens - stepped, room),
                                end_ids=self.end_ids, sampling=sampling,
                                should_stop=out.feed_token, cache=cache,
                                cached=len(prompt) + len(path), vocab_limit=vocab, logits=logits,
@@ -175,7 +189,9 @@ class Engine:
                           prompt_tokens=len(prompt), prompt_evaluated=len(prompt) - cached,
                           prefill_ms=prefill_ms, decode_ms=gen.decode_s * 1000,
                           total_ms=(time.perf_counter() - start) * 1000, stop_string=rule.matched,
-                          cursor_ms=cursor_ms, cursor_passes=passes)
+                          cursor_ms=cursor_ms, cursor_passes=passes, forwards=gen.forwards,
+                          drafted=gen.drafted, accepted=gen.accepted,
+                          by_drafter=gen.by_drafter if speculative else None)
 
 
 class _Output:

@@ -57,6 +57,11 @@ def sample(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
     """One token id from logits (vocab,): argmax when greedy, else temperature, top-k, min-p, top-p."""
     if sampling.temperature == 0:
         return int(logits.argmax())
+    return int(torch.multinomial(probabilities(logits, sampling), 1, generator=generator))
+
+
+def probabilities(logits: Tensor, sampling: Sampling) -> Tensor:
+    """The distribution (vocab,) that sampling draws from: temperature, top-k, min-p, top-p."""
     logits = logits.float() / sampling.temperature
     if 0 < sampling.top_k < logits.numel():
         kth = logits.topk(sampling.top_k).values[-1]
@@ -69,7 +74,7 @@ def sample(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
         outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p  # keeps at least one
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return probs / probs.sum()
 
 
 def restrict(logits: Tensor, allowed: Tensor | None) -> Tensor:
@@ -100,6 +105,10 @@ class Generation:
     cache_valid: int = 0               # cache positions holding (prompt + tokens)[:cache_valid]
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    forwards: int = 0                  # decoding passes through the model
+    drafted: int = 0                   # speculative: draft tokens verified
+    accepted: int = 0                  # speculative: draft tokens accepted
+    by_drafter: dict[str, list[int]] = field(default_factory=dict)  # name: [drafted, accepted]
 
 
 @torch.inference_mode()
@@ -148,5 +157,6 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
         if i + 1 < max_new_tokens:
             logits = decode_one(model, cache, token, len(prompt) + i)
             out.cache_valid += 1
+            out.forwards += 1
     out.decode_s = time.perf_counter() - t0
     return out

@@ -46,6 +46,7 @@ class ServerSettings:
     n_slots: int = 4
     cache_reuse: bool = True
     cursor_mode: str = "exact"                       # for requests that do not say (cursor.py)
+    speculative: bool = True                         # for requests that do not say (speculative.py)
     default_max_tokens: int = 64
     open_paths: tuple[str, ...] = ("/health", "/")   # reachable without the API key
 

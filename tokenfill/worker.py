@@ -140,8 +140,10 @@ def log_job(job: Job, result: Completion) -> None:
     mode = job.options.get("cursor_mode", "exact")
     cursor = (f" cursor={mode}" + (f" ({result.cursor_ms:.1f}ms, {result.cursor_passes} passes, "
                                    "prompt included)" if result.cursor_passes else ""))
+    drafts = (f", {result.forwards} passes, drafts {result.accepted}/{result.drafted} accepted"
+              if result.by_drafter is not None else f", {result.forwards} passes")
     log.info("%s completion: queue=%.1fms prompt=%.1fms (%d of %d tokens evaluated)%s "
-             "generation=%.1fms (%d tokens) engine=%.1fms %s%s", job.id, job.queue_ms,
+             "generation=%.1fms (%d tokens%s) engine=%.1fms %s%s", job.id, job.queue_ms,
              result.prefill_ms, result.prompt_evaluated, result.prompt_tokens, cursor,
-             result.decode_ms, result.tokens, result.total_ms, result.finish_reason,
+             result.decode_ms, result.tokens, drafts, result.total_ms, result.finish_reason,
              f" ({job.cancel_reason})" if job.cancel_reason else "")

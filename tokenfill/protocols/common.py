@@ -92,19 +92,24 @@ def stop_strings(body: dict, name: str = "stop", where: str = "", most: int = 16
     raise bad(f"field '{where}{name}' must be a string or an array of at most {most} strings")
 
 
-def cursor_option(body: dict) -> dict:
-    """`cursor_mode` (any protocol): how a cursor inside a token is handled; absent: the server's
-    default."""
+def engine_options(body: dict) -> dict:
+    """Fields every protocol takes: `cursor_mode`, how a cursor inside a token is handled, and
+    `speculative`, false to decode without draft trees; absent: the server's defaults."""
+    out = {}
     mode = field(body, "cursor_mode", str, None)
-    if mode is None:
-        return {}
-    if mode not in CURSOR_MODES:
-        raise bad(f"field 'cursor_mode' must be one of {', '.join(CURSOR_MODES)}, not {mode!r}")
-    return {"cursor_mode": mode}
+    if mode is not None:
+        if mode not in CURSOR_MODES:
+            raise bad(f"field 'cursor_mode' must be one of {', '.join(CURSOR_MODES)}, not {mode!r}")
+        out["cursor_mode"] = mode
+    speculative = field(body, "speculative", bool, None)
+    if speculative is not None:
+        out["speculative"] = speculative
+    return out
 
 
 def submit(request: Request, options: dict, key: str | None) -> Job:
-    options = {"cursor_mode": request.app.state.settings.cursor_mode, **options}
+    settings = request.app.state.settings
+    options = {"cursor_mode": settings.cursor_mode, "speculative": settings.speculative, **options}
     worker = request.app.state.worker
     if worker is None:
         error = request.app.state.load_error

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..generate import Sampling
 from .common import (
-    HTTPError, bad, client_key, cursor_option, error_event, field, read_json, run, sse,
+    HTTPError, bad, client_key, engine_options, error_event, field, read_json, run, sse,
     stop_strings, stream,
 )
 
@@ -43,7 +43,7 @@ def options_of(body: dict, default_max_tokens: int) -> dict:
     except ValueError as e:
         raise bad(f"field {e}") from None
     budget = field(body, "t_max_predict_ms", float, 0, low=0)
-    return dict(**cursor_option(body),
+    return dict(**engine_options(body),
                 prefix=field(body, "input_prefix", str, "") + field(body, "prompt", str, ""),
                 suffix=field(body, "input_suffix", str, ""), extra=tuple(extra),
                 max_tokens=MAX_PREDICT if n_predict < 0 else n_predict, sampling=sampling,
@@ -65,7 +65,9 @@ def result_body(request: Request, result) -> dict:
         "stopping_word": result.stop_string, "model": request.app.state.settings.model.name,
         "timings": {"prompt_n": result.prompt_evaluated, "prompt_ms": result.prefill_ms,
                     "predicted_n": result.tokens, "predicted_ms": result.decode_ms,
-                    "predicted_per_second": result.tokens / gen_s if gen_s > 0 else 0.0},
+                    "predicted_per_second": result.tokens / gen_s if gen_s > 0 else 0.0,
+                    "draft_n": result.drafted, "draft_n_accepted": result.accepted,
+                    "forwards": result.forwards},
         "tokens_cached": result.prompt_tokens - result.prompt_evaluated,
         "tokens_evaluated": result.prompt_evaluated, "truncated": False,
     }

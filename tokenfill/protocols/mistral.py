@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from ..generate import Sampling
 from .common import (
-    bad, client_key, cursor_option, error_event, field, read_json, run, sse, stop_strings, stream,
+    bad, client_key, engine_options, error_event, field, read_json, run, sse, stop_strings, stream,
 )
 from .openai import finish
 
@@ -25,7 +25,7 @@ async def fim_completions(request: Request):
     except ValueError as e:
         raise bad(f"field {e}") from None
     field(body, "min_tokens", int, 0, low=0)
-    options = dict(**cursor_option(body),
+    options = dict(**engine_options(body),
                    prefix=field(body, "prompt", str), suffix=field(body, "suffix", str, ""),
                    max_tokens=field(body, "max_tokens", int,
                                     request.app.state.settings.default_max_tokens, low=0),

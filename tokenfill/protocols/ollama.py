@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..generate import Sampling
-from .common import bad, client_key, cursor_option, field, read_json, run, stop_strings, stream
+from .common import bad, client_key, engine_options, field, read_json, run, stop_strings, stream
 
 
 
@@ -48,7 +48,7 @@ async def generate(request: Request):
     num_predict = field(opts, "num_predict", int, request.app.state.settings.default_max_tokens,
                         low=-2, where="options.")
     field(body, "raw", bool, False)
-    options = dict(**cursor_option(body),
+    options = dict(**engine_options(body),
                    prefix=field(body, "prompt", str, ""), suffix=field(body, "suffix", str, ""),
                    max_tokens=256 if num_predict < 0 else num_predict, sampling=sampling,
                    stop=stop_strings(opts, where="options."))

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from ..generate import Sampling
 from .common import (
-    bad, client_key, cursor_option, error_event, field, read_json, run, sse, stop_strings, stream,
+    bad, client_key, engine_options, error_event, field, read_json, run, sse, stop_strings, stream,
 )
 
 
@@ -34,7 +34,7 @@ def options_of(body: dict, default_max_tokens: int) -> tuple[dict, int, bool, st
                             top_p=field(body, "top_p", float, 1.0, low=0, high=1), seed=seed)
     except ValueError as e:
         raise bad(f"field {e}") from None
-    options = dict(**cursor_option(body),
+    options = dict(**engine_options(body),
                    prefix=prompt, suffix=field(body, "suffix", str, ""),
                    max_tokens=field(body, "max_tokens", int, default_max_tokens, low=0),
                    sampling=sampling, stop=stop_strings(body, most=4))

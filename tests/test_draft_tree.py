@@ -1,0 +1,55 @@
+"""The draft tree: merged and cut best-first, and its mask against running each path alone."""
+
+from __future__ import annotations
+
+import torch
+
+from tokenfill.draft_tree import AcceptanceRates, DraftTree
+from tokenfill.drafters import Draft
+from tokenfill.model import reference_logits
+
+
+def test_build_keeps_the_best_nodes_and_their_parents():
+    drafts = [Draft((5,), 0.9, "a:x"), Draft((5, 6), 0.9, "a:x"), Draft((5, 6, 7), 0.9, "a:x"),
+              Draft((8,), 0.3, "b:y"), Draft((5,), 0.5, "b:y"), Draft((5, 9), 0.2, "b:y")]
+    tree = DraftTree.build(1, drafts, AcceptanceRates(), budget=4)
+    assert len(tree) == 4
+    assert tree.tokens[0] == 1 and tree.parents[0] == -1
+    kept = {tuple(tree.path(i)[1:]) for i in range(1, len(tree))}
+    assert kept == {(5,), (5, 6), (5, 6, 7)}  # 0.9, 0.81, 0.73 beat 0.3 and 0.18
+    five = tree.path(1) == [1, 5] and 1
+    assert set(tree.sources[five]) == {"a:x", "b:y"}  # merged: both drafted it
+    for i in range(1, len(tree)):
+        assert tree.parents[i] < i and tree.depths[i] == tree.depths[tree.parents[i]] + 1
+        assert tree.scores[i] <= tree.scores[tree.parents[i]]
+
+
+def test_rates_move_from_the_guess_to_what_was_observed():
+    rates = AcceptanceRates(prior=4)
+    draft = Draft((3,), 0.9, "a:x")
+    assert abs(rates.rate(draft) - 0.9) < 1e-12
+    for _ in range(96):
+        rates.observe("a:x", False)
+    assert rates.rate(draft) < 0.05
+    tree = DraftTree.build(1, [draft, Draft((4,), 0.3, "b:y")], rates, budget=2)
+    assert tree.tokens == [1, 4]  # the unreliable source lost its place
+
+
+def test_tree_pass_equals_each_path_run_alone(tiny_model):
+    """One pass over the tree with its mask and positions gives every node the logits a full
+    recompute of the prompt followed by that node's path gives."""
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(5, 300, (12,), generator=g).tolist()
+    drafts = [Draft((7,), 0.9, "a"), Draft((7, 8), 0.9, "a"), Draft((7, 8, 9), 0.9, "a"),
+              Draft((10,), 0.8, "b"), Draft((10, 7), 0.7, "b"), Draft((7, 11), 0.5, "c")]
+    tree = DraftTree.build(prompt[-1], drafts, AcceptanceRates(), budget=16)
+    assert len(tree) == 7
+    cache = tiny_model.new_cache(1, 64)
+    with torch.inference_mode():
+        tiny_model(torch.tensor([prompt[:-1]]), 0, cache)
+        start = len(prompt) - 1
+        got = tiny_model(torch.tensor([tree.tokens]), start, cache, positions=tree.positions(start),
+                         mask=tree.mask(start))[0]
+    for node in range(len(tree)):
+        alone = reference_logits(tiny_model, torch.tensor([prompt[:-1] + tree.path(node)]))[0, -1]
+        torch.testing.assert_close(got[node], alone, atol=1e-4, rtol=0)

@@ -1,0 +1,72 @@
+"""Each drafter on its own: what it proposes, its gates, what it learns and keeps."""
+
+from __future__ import annotations
+
+import torch
+
+from tokenfill.drafters import DRAFTERS, NGramDrafter, PromptLookup, TokenRecycling, registry
+
+
+def paths(drafts):
+    return [d.path for d in drafts]
+
+
+def test_prompt_lookup_continues_the_longest_earlier_match():
+    context = [1, 2, 3, 4, 5, 6, 9, 9, 2, 3, 4, 7, 8, 1, 2, 3, 4]
+    lookup = PromptLookup(max_n=3)
+    lookup.begin(context[:10])
+    got = paths(lookup.propose(context, budget=20, depth=3))
+    assert (5, 6, 9) in got and (7, 8, 1) in got  # both earlier matches of 2 3 4, most recent first
+    assert all(p[:-1] in got or len(p) == 1 for p in got)  # parents are there
+    assert got.index((7,)) < got.index((5,))
+    lookup.begin([42, 43])
+    assert lookup.propose([42, 43], budget=5, depth=3) == []  # nothing earlier to copy
+
+
+def test_prompt_lookup_sees_tokens_added_after_it_began():
+    lookup = PromptLookup(max_n=2)
+    lookup.begin([1, 2, 3])
+    context = [1, 2, 3, 8, 9, 1, 2]
+    lookup.extend(context, 4)
+    assert (3, 8, 9) in paths(lookup.propose(context, budget=10, depth=3))
+
+
+def test_ngram_gates_drop_weak_drafts():
+    drafter = NGramDrafter("ngram", per_request=True, max_n=1, min_count=3, min_share=0.7)
+    drafter.begin([1, 2, 5, 2])  # after 1: 2 once: too few
+    assert drafter.propose([1], budget=4, depth=4) == []
+    drafter.begin([1, 2, 1, 2, 1, 3])  # after 1: 2 twice, 3 once: too weak a share
+    assert drafter.propose([1], budget=4, depth=4) == []
+    drafter.begin([1, 2, 1, 2, 1, 2, 1, 3])  # after 1: 2 three times of four
+    got = drafter.propose([5, 1], budget=4, depth=1)
+    assert paths(got) == [(2,)] and abs(got[0].guess - 0.75) < 1e-9
+
+
+def test_history_keeps_counts_across_requests_and_stays_bounded():
+    history = NGramDrafter("history", per_request=False, max_n=2, min_count=2, min_share=0.5,
+                           max_keys=50)
+    for _ in range(2):
+        history.begin([7])
+        history.finish([4, 5, 6, 4, 5, 6])
+    assert paths(history.propose([4, 5], budget=3, depth=3))[0] == (6,)
+    history.finish(list(range(100, 400)))
+    assert len(history.counts) <= 50
+    assert history.nbytes() > 0
+
+
+def test_recycling_learns_the_models_top_tokens_from_verification():
+    recycle = TokenRecycling(vocab=16, k=3)
+    assert recycle.propose([4], budget=5, depth=3) == []
+    logits = torch.full((2, 16), -10.0)
+    logits[0, [7, 8, 9]] = torch.tensor([3.0, 2.0, 1.0])  # after token 4
+    logits[1, [4, 1, 2]] = torch.tensor([3.0, 2.0, 1.0])  # after token 7
+    recycle.verified(torch.tensor([4, 7]), logits)
+    got = paths(recycle.propose([4], budget=6, depth=2))
+    assert got[0] == (7,) and (7, 4) in got and (8,) in got
+    assert len(got) <= 6 and all(len(p) <= 2 for p in got)
+
+
+def test_registry_has_every_drafter_fresh():
+    a, b = registry(32), registry(32)
+    assert set(a) == set(DRAFTERS)
+    assert a["recycle"] is not b["recycle"]

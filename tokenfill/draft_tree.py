@@ -1,0 +1,109 @@
+"""One draft tree per decoding step: the drafters' nodes merged, scored, cut to a budget.
+
+A node's score is its estimated chance of being accepted: the product, along its path, of each
+token's acceptance rate (observed per source, `AcceptanceRates`). The tree keeps the `budget`
+best nodes; since a child never scores above its parent, every kept node's parent is kept. The
+root is the token the pass starts from (the last one of the context). The tree runs in one
+forward pass: node i sits in cache slot start+i, at RoPE position start+depth, and sees the
+cache before `start` and its own ancestors (`mask`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .drafters import Draft
+
+
+class AcceptanceRates:
+    """Per source: drafted nodes tested (their parent was accepted) and accepted. A source's
+    rate starts at the drafter's guess and moves to what was observed (`prior` pseudo-counts)."""
+
+    def __init__(self, prior: float = 4.0):
+        self.prior = prior
+        self.tested: dict[str, float] = defaultdict(float)
+        self.accepted: dict[str, float] = defaultdict(float)
+
+    def rate(self, draft: Draft) -> float:
+        n = self.tested.get(draft.source, 0.0)
+        return (self.accepted.get(draft.source, 0.0) + self.prior * draft.guess) / (n + self.prior)
+
+    def observe(self, source: str, accepted: bool) -> None:
+        self.tested[source] += 1
+        self.accepted[source] += accepted
+
+
+@dataclass
+class DraftTree:
+    tokens: list[int]                 # node 0: the root
+    parents: list[int]                # the root's is -1
+    depths: list[int]
+    sources: list[tuple[str, ...]]    # who drafted each node (none for the root)
+    scores: list[float]               # estimated chance of acceptance (the root: 1)
+    children: list[list[int]]         # each node's children, best first
+
+    @classmethod
+    def build(cls, root: int, drafts: Iterable[Draft], rates: AcceptanceRates,
+              budget: int) -> DraftTree:
+        """The root and the `budget - 1` best of the drafted nodes (merged by path: a node
+        several drafters propose takes the best of their rates, and all their names)."""
+        rate: dict[tuple[int, ...], float] = {}
+        sources: dict[tuple[int, ...], list[str]] = defaultdict(list)
+        for d in drafts:
+            rate[d.path] = max(rate.get(d.path, 0.0), min(rates.rate(d), 1.0))
+            sources[d.path].append(d.source)
+        score: dict[tuple[int, ...], float] = {(): 1.0}
+
+        def of(path: tuple[int, ...]) -> float:
+            if path not in score:
+                up = path[:-1]
+                score[path] = (of(up) if not up or up in rate else 0.0) * rate[path]
+            return score[path]
+
+        ranked = sorted(rate, key=lambda p: (-of(p), len(p)))[:max(budget - 1, 0)]
+        kept = {(): 0}
+        tree = cls([root], [-1], [0], [()], [1.0], [[]])
+        for path in sorted(ranked, key=lambda p: (len(p), -score[p])):
+            parent = kept.get(path[:-1])
+            if parent is None or score[path] <= 0:
+                continue  # its parent was not drafted (cannot happen with well-formed drafters)
+            kept[path] = len(tree.tokens)
+            tree.children[parent].append(len(tree.tokens))
+            tree.tokens.append(path[-1])
+            tree.parents.append(parent)
+            tree.depths.append(len(path))
+            tree.sources.append(tuple(dict.fromkeys(sources[path])))
+            tree.scores.append(score[path])
+            tree.children.append([])
+        return tree
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def positions(self, start: int) -> Tensor:
+        return torch.tensor(self.depths) + start
+
+    def mask(self, start: int) -> Tensor:
+        """(T, start+T) bool: every node sees the cache before `start`, itself and its ancestors."""
+        T = len(self.tokens)
+        mask = torch.zeros(T, start + T, dtype=torch.bool)
+        mask[:, :start] = True
+        for i in range(T):
+            j = i
+            while j >= 0:
+                mask[i, start + j] = True
+                j = self.parents[j]
+        return mask
+
+    def path(self, node: int) -> list[int]:
+        """Tokens from the root to `node`, both included."""
+        out = []
+        while node >= 0:
+            out.append(self.tokens[node])
+            node = self.parents[node]
+        return out[::-1]

@@ -1,0 +1,188 @@
+"""Lossless speculative decoding: draft a tree of likely next tokens, verify it in one pass.
+
+Each step builds one `DraftTree` rooted at the last generated token from every drafter's
+proposals, runs the whole tree through the model at once (tree attention over the KV cache), and
+walks it from the root: at each node the next token is chosen from the model's own logits there,
+exactly as plain decoding would choose it, and the walk goes on while that token is one of the
+node's children. The accepted path's keys and values are moved into place; the rest are dropped
+(later passes overwrite them). So every step yields at least one token, and usually more.
+
+- Greedy: the argmax at each node, so the output is plain greedy decoding's.
+- Sampling: the children are drafts of probability one (a point mass q), so the standard rule
+  (`residual_accept`) accepts a child with probability p(child) under the node's distribution p,
+  and on rejection moves on with the residual, p without that child, renormalised; after the
+  last child it samples from the residual. The token that comes out is distributed as p itself,
+  so the walk draws it from p directly, with plain sampling's own draw, and follows the child it
+  matches. That is the same rule in distribution, and it takes exactly the random numbers plain
+  sampling takes: with a seed, the output is plain sampling's, whatever was drafted.
+
+Constraints, the stop rule and the time budget see every token in order, as in `generate`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .draft_tree import AcceptanceRates, DraftTree
+from .drafters import DRAFTERS, Drafter, registry
+from .generate import Constraint, Generation, Sampling, prefill, probabilities, restrict, sample
+from .model import KVCache, Transformer
+
+
+class Budget:
+    """Nodes per tree: `per_token` times the recent tokens per forward pass (a moving average),
+    within [low, high]. Trees grow where drafts are accepted and shrink where they are not."""
+
+    def __init__(self, low: int = 8, high: int = 48, per_token: float = 8.0, decay: float = 0.8):
+        self.low, self.high, self.per_token, self.decay = low, high, per_token, decay
+        self.tokens_per_forward = 1.0
+
+    def now(self) -> int:
+        return max(self.low, min(self.high, round(self.per_token * self.tokens_per_forward)))
+
+    def observe(self, tokens: int) -> None:
+        self.tokens_per_forward = self.decay * self.tokens_per_forward + (1 - self.decay) * tokens
+
+
+class Speculator:
+    """The drafters, their acceptance rates and the tree budget, kept across requests (one per
+    model: the token recycling table and the request history belong to it)."""
+
+    def __init__(self, vocab: int, drafters: Sequence[str] = DRAFTERS, max_depth: int = 16,
+                 budget: Budget | None = None):
+        unknown = set(drafters) - set(DRAFTERS)
+        if unknown:
+            raise ValueError(f"unknown drafter(s) {sorted(unknown)}; known: {list(DRAFTERS)}")
+        every = registry(vocab)
+        self.drafters: list[Drafter] = [every[name] for name in drafters]
+        self.rates = AcceptanceRates()
+        self.budget = budget or Budget()
+        self.max_depth = max_depth
+
+    def nbytes(self) -> int:
+        return sum(d.nbytes() for d in self.drafters)
+
+    def tree(self, context: Sequence[int], budget: int) -> DraftTree:
+        drafts = [d for drafter in self.drafters
+                  for d in drafter.propose(context, budget, self.max_depth)]
+        return DraftTree.build(context[-1], drafts, self.rates, budget)
+
+    @torch.inference_mode()
+    def generate(self, model: Transformer, prompt: list[int], max_new_tokens: int, *,
+                 end_ids: frozenset[int] = frozenset(), sampling: Sampling = Sampling(),
+                 should_stop: Callable[[int], bool] | None = None,
+                 cache: KVCache | None = None, cached: int = 0,
+                 vocab_limit: int | None = None, logits: Tensor | None = None,
+                 constraints: Sequence[Constraint] = (),
+                 generator: torch.Generator | None = None) -> Generation:
+        """`generate`'s contract (same arguments, same output for greedy), decoded by draft trees."""
+        out = Generation()
+        if cache is None:
+            cache, cached = model.new_cache(1, len(prompt) + max_new_tokens + self.budget.high), 0
+        t0 = time.perf_counter()
+        if logits is None:
+            cached = min(cached, len(prompt) - 1)
+            logits = prefill(model, cache, prompt[cached:], cached)
+            out.prompt_evaluated = len(prompt) - cached
+        out.cache_valid = len(prompt)
+        out.prefill_s = time.perf_counter() - t0
+        generator = generator if generator is not None else sampling.generator()
+        t0 = time.perf_counter()
+        context = list(prompt)
+        for drafter in self.drafters:
+            drafter.begin(context)
+
+        def choose(logits: Tensor) -> int:
+            logits = logits[:vocab_limit]
+            for constraint in constraints:
+                logits = restrict(logits, constraint.allowed())
+            token = sample(logits, sampling, generator)
+            for constraint in constraints:
+                constraint.advance(token)
+            return token
+
+        def emit(token: int) -> bool:
+            """Append the token; True when the generation is over."""
+            if token in end_ids:
+                out.finish_reason = "stop"
+                return True
+            out.tokens.append(token)
+            context.append(token)
+            if should_stop is not None and should_stop(token):
+                out.finish_reason = "stop"
+                return True
+            return len(out.tokens) >= max_new_tokens
+
+        over = max_new_tokens <= 0 or emit(choose(logits))
+        pos = len(prompt)  # the last token goes here; the cache holds everything before it
+        while not over:
+            room = cache.max_seq - pos
+            tree = self.tree(context, min(self.budget.now(), room))
+            tokens = torch.tensor(tree.tokens)
+            logits = model(tokens[None], pos, cache, positions=tree.positions(pos),
+                           mask=tree.mask(pos))[0]
+            out.forwards += 1
+            for drafter in self.drafters:
+                drafter.verified(tokens, logits)
+            node, accepted, before = 0, [0], len(out.tokens)
+            while True:
+                kids = tree.children[node]
+                token = choose(logits[node])
+                hit = next((k for k in kids if tree.tokens[k] == token), None)
+                for k in kids:
+                    for source in tree.sources[k]:
+                        self.rates.observe(source, k == hit)
+                over = emit(token)
+                if hit is None:
+                    break
+                accepted.append(hit)
+                node = hit
+                if over:
+                    break
+            self._count(out, tree, accepted)
+            if len(accepted) > 1:
+                cache.move(torch.tensor(accepted[1:]) + pos, pos + 1)
+            pos += len(accepted)
+            out.cache_valid = pos
+            self.budget.observe(len(out.tokens) - before)
+            for drafter in self.drafters:
+                drafter.extend(context, len(accepted))
+        for drafter in self.drafters:
+            drafter.finish(context[len(prompt) - min(len(prompt), 3):])
+        out.decode_s = time.perf_counter() - t0
+        return out
+
+    @staticmethod
+    def _count(out: Generation, tree: DraftTree, accepted: list[int]) -> None:
+        out.drafted += len(tree) - 1
+        out.accepted += len(accepted) - 1
+        on_path = set(accepted[1:])
+        for node in range(1, len(tree)):
+            for name in {s.split(":")[0] for s in tree.sources[node]}:
+                row = out.by_drafter.setdefault(name, [0, 0])
+                row[0] += 1
+                row[1] += node in on_path
+
+
+def residual_accept(logits: Tensor, drafted: list[int], sampling: Sampling,
+                    generator: torch.Generator | None) -> int:
+    """The standard acceptance rule, for drafts of probability one (the children, best first):
+    each in turn is accepted with its probability under the residual distribution, which on
+    rejection loses that child and is renormalised; when none is, the token is drawn from the
+    residual. Greedy: the argmax. (The decoding walk draws from p and matches instead: the same
+    distribution, tested against this.)"""
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    p = probabilities(logits, sampling).double()
+    for token in drafted:
+        total = float(p.sum())
+        if total <= 0:
+            break
+        if float(torch.rand(1, generator=generator, dtype=torch.float64)) * total < float(p[token]):
+            return token
+        p[token] = 0
+    return int(torch.multinomial(p, 1, generator=generator))
