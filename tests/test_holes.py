@@ -24,7 +24,7 @@ class Store:
 FILES = [("a.py", SOURCE), ("b.py", SOURCE.replace("Store", "Shelf"))]
 
 
-@pytest.mark.parametrize("kind", holes.KINDS)
+@pytest.mark.parametrize("kind", [*holes.KINDS, "multi-line"])
 def test_every_kind_reassembles_the_file(kind):
     cut = holes.cut(FILES, kind, 6, seed=0)
     assert len(cut) == 6
@@ -44,6 +44,9 @@ def test_cursor_positions_by_kind():
     for hole in holes.cut(FILES, "block-body", 5, seed=1):
         assert hole.prefix.rstrip("\n").endswith(":")
         assert hole.middle.startswith("    ") and hole.middle.endswith("\n")
+    for hole in holes.cut(FILES, "multi-line", 5, seed=1):
+        lines = hole.middle.splitlines()
+        assert hole.prefix.endswith("\n") and 2 <= len(lines) <= 5 and all(x.strip() for x in lines)
 
 
 def test_cutting_is_reproducible():

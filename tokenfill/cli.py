@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
 
     p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
-    p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp", "cursor"])
+    p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp", "cursor",
+                                    "speculative"])
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0: all)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
@@ -128,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-clients", type=int, default=8, help="typing: concurrent typists")
     p.add_argument("--load-seconds", type=float, default=60.0, help="typing: load phase length")
     p.add_argument("--per-kind", type=int, default=50,
-                   help="cursor: holes per token kind (identifier, number, operator, indentation)")
+                   help="cursor: holes per token kind (identifier, number, operator, "
+                        "indentation); speculative: holes per kind (block-body, multi-line, "
+                        "humaneval-multi)")
+    p.add_argument("--no-transformers", action="store_true",
+                   help="speculative: skip the comparison with transformers generate")
     return parser
 
 
@@ -372,7 +377,12 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    if args.what == "cursor":
+    if args.what == "speculative":
+        from . import speculative_bench
+
+        print(speculative_bench.run(args.model, per_kind=args.per_kind,
+                                    compare_transformers=not args.no_transformers))
+    elif args.what == "cursor":
         from . import cursor_bench
 
         print(cursor_bench.run(args.model, per_kind=args.per_kind,

@@ -1,9 +1,12 @@
 """One draft tree per decoding step: the drafters' nodes merged, scored, cut to a budget.
 
 A node's score is its estimated chance of being accepted: the product, along its path, of each
-token's acceptance rate (observed per source, `AcceptanceRates`). The tree keeps the `budget`
-best nodes; since a child never scores above its parent, every kept node's parent is kept. The
-root is the token the pass starts from (the last one of the context). The tree runs in one
+token's acceptance rate (observed per source, `AcceptanceRates`). The sum of the kept nodes'
+scores is then the number of drafted tokens a pass is expected to accept, and a pass yields one
+more of its own. The tree keeps the k best nodes, k at most `budget - 1`, chosen to maximise
+those expected tokens per unit of the pass's cost (`PassCost`, timed on this machine): wide
+trees where drafts are reliable or passes cheap, narrow ones where not. Since a child never
+scores above its parent, every kept node's parent is kept. The root is the token the pass starts from (the last one of the context). The tree runs in one
 forward pass: node i sits in cache slot start+i, at RoPE position start+depth, and sees the
 cache before `start` and its own ancestors (`mask`).
 """
@@ -38,6 +41,43 @@ class AcceptanceRates:
         self.accepted[source] += accepted
 
 
+class PassCost:
+    """Seconds a forward pass of T tokens takes, a + b*T, fitted by least squares to the passes
+    timed (older ones count less and less), starting from a prior line: b = `slope` * a, put in
+    seconds by the first pass timed."""
+
+    def __init__(self, slope: float = 0.03, prior: float = 4.0, decay: float = 0.98):
+        self.decay = decay
+        self.slope, self.prior = slope, prior
+        self.sums: list[float] | None = None  # n, sum T, sum T^2, sum y, sum T*y
+
+    def observe(self, T: int, seconds: float) -> None:
+        if self.sums is None:  # the prior, scaled to this machine: two points on its line
+            a = seconds / (1 + self.slope * T)
+            self.sums = [0.0] * 5
+            for t in (1, 64):
+                self._add(t, a * (1 + self.slope * t), self.prior)
+        self.sums = [x * self.decay for x in self.sums]
+        self._add(T, seconds, 1.0)
+
+    def _add(self, T: int, y: float, w: float) -> None:
+        for k, v in enumerate((1, T, T * T, y, T * y)):
+            self.sums[k] += w * v
+
+    def line(self) -> tuple[float, float]:
+        if self.sums is None:
+            return 1.0, self.slope
+        n, t, tt, y, ty = self.sums
+        slope = (n * ty - t * y) / max(n * tt - t * t, 1e-12)
+        a = (y - slope * t) / n
+        slope = max(slope, 1e-6 * max(a, 1e-9))  # a bigger pass never costs less
+        return max(a, 1e-9), slope
+
+    def __call__(self, T: int) -> float:
+        a, b = self.line()
+        return a + b * T
+
+
 @dataclass
 class DraftTree:
     tokens: list[int]                 # node 0: the root
@@ -49,9 +89,10 @@ class DraftTree:
 
     @classmethod
     def build(cls, root: int, drafts: Iterable[Draft], rates: AcceptanceRates,
-              budget: int) -> DraftTree:
-        """The root and the `budget - 1` best of the drafted nodes (merged by path: a node
-        several drafters propose takes the best of their rates, and all their names)."""
+              budget: int, cost: PassCost | None = None) -> DraftTree:
+        """The root and at most `budget - 1` of the best drafted nodes (merged by path: a node
+        several drafters propose takes the best of their rates, and all their names): all of
+        them without `cost`, else as many as maximise expected tokens per second."""
         rate: dict[tuple[int, ...], float] = {}
         sources: dict[tuple[int, ...], list[str]] = defaultdict(list)
         for d in drafts:
@@ -66,6 +107,13 @@ class DraftTree:
             return score[path]
 
         ranked = sorted(rate, key=lambda p: (-of(p), len(p)))[:max(budget - 1, 0)]
+        if cost is not None and ranked:
+            expected, best, best_k = 1.0, 1.0 / cost(1), 0
+            for k, path in enumerate(ranked, start=1):
+                expected += score[path]
+                if expected / cost(k + 1) > best:
+                    best, best_k = expected / cost(k + 1), k
+            ranked = ranked[:best_k]
         kept = {(): 0}
         tree = cls([root], [-1], [0], [()], [1.0], [[]])
         for path in sorted(ranked, key=lambda p: (len(p), -score[p])):
@@ -93,11 +141,11 @@ class DraftTree:
         T = len(self.tokens)
         mask = torch.zeros(T, start + T, dtype=torch.bool)
         mask[:, :start] = True
-        for i in range(T):
-            j = i
-            while j >= 0:
-                mask[i, start + j] = True
-                j = self.parents[j]
+        tree = mask[:, start:]
+        for i, parent in enumerate(self.parents):  # parents come first: copy the parent's row
+            if parent >= 0:
+                tree[i] = tree[parent]
+            tree[i, i] = True
         return mask
 
     def path(self, node: int) -> list[int]:

@@ -1,7 +1,13 @@
-"""What the machine offers: whether bf16 matrix work is fast here, and a one-line description.
+"""What the machine offers: whether bf16 matrix work is fast here, how many threads a pass
+should use, and a one-line description.
 
 bf16 is only fast on CPUs with AMX or AVX-512 BF16; on a plain AVX2 CPU PyTorch's bf16 matmul is
 several times slower than fp32 (measured in BENCHMARKS.md), so `auto` picks by the CPU's flags.
+
+Threads: OpenMP threads sleep between parallel regions (tokenfill/__init__.py), and waking them
+costs more than a small pass gains from them: a decoding step or a draft tree of a few dozen
+tokens runs faster on one thread (measured: a 24-token tree pass 14 ms on one thread, 28-33 ms on
+two), a long prompt faster on all of them. `use_threads_for` switches per pass.
 """
 
 from __future__ import annotations
@@ -55,6 +61,23 @@ def training_precision(device: torch.device) -> str:
     return "fp32 (this CPU has no fast bf16: no AMX or AVX-512 BF16)"
 
 
+SMALL_PASS = 128                    # tokens: passes shorter than this run on one thread
+MAX_THREADS = torch.get_num_threads()  # as the user or the machine set it at start
+_threads = [MAX_THREADS]
+
+
+def threads_for(tokens: int) -> int:
+    return 1 if tokens < SMALL_PASS else MAX_THREADS
+
+
+def use_threads_for(tokens: int) -> None:
+    """Set torch's thread count for a pass over `tokens` tokens (a no-op when it is already)."""
+    n = threads_for(tokens)
+    if n != _threads[0]:
+        torch.set_num_threads(n)
+        _threads[0] = n
+
+
 def describe_machine() -> str:
     if torch.cuda.is_available():
         return f"1x {torch.cuda.get_device_name(0)}"
@@ -66,4 +89,4 @@ def describe_machine() -> str:
         pass
     simd = "AMX" if "amx_bf16" in cpu_flags() else "AVX-512" if "avx512f" in cpu_flags() else \
         "AVX2" if "avx2" in cpu_flags() else "no AVX2"
-    return f"{name}, {os.cpu_count()} cores ({simd}), {torch.get_num_threads()} torch threads"
+    return f"{name}, {os.cpu_count()} cores ({simd}), {MAX_THREADS} torch threads"

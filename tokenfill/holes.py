@@ -90,8 +90,13 @@ def candidates(text: str, kind: str) -> list[tuple[int, int]]:
                 j -= 1  # trailing blank lines belong to what follows
             if j > i + 1 and len(lines[i + 1]) - len(lines[i + 1].lstrip()) > indent:
                 out.append((starts[i + 1], starts[j - 1] + len(lines[j - 1])))
+    elif kind == "multi-line":  # 2 to 5 whole lines, none blank (speculative decoding's bench)
+        for i in range(1, len(lines)):
+            for k in range(2, 6):
+                if i + k <= len(lines) and all(line.strip() for line in lines[i:i + k]):
+                    out.append((starts[i], starts[i + k - 1] + len(lines[i + k - 1])))
     else:
-        raise ValueError(f"unknown hole kind {kind!r}; kinds: {', '.join(KINDS)}")
+        raise ValueError(f"unknown hole kind {kind!r}; kinds: {', '.join(KINDS)}, multi-line")
     return out
 
 

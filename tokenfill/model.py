@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .hardware import use_threads_for
+
 
 @dataclass
 class ModelConfig:
@@ -250,6 +252,8 @@ class Transformer(nn.Module):
         for draft trees, whose nodes sit in cache slots but at positions given by their depth.
         """
         B, T = tokens.shape
+        if cache is not None:  # inference: small passes on one thread (hardware.py)
+            use_threads_for(B * T)
         if positions is None:
             positions = torch.arange(start, start + T)
         if cache is not None and mask is None and T > 1:

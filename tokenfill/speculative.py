@@ -27,41 +27,27 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .draft_tree import AcceptanceRates, DraftTree
+from .draft_tree import AcceptanceRates, DraftTree, PassCost
 from .drafters import DRAFTERS, Drafter, registry
 from .generate import Constraint, Generation, Sampling, prefill, probabilities, restrict, sample
 from .model import KVCache, Transformer
 
 
-class Budget:
-    """Nodes per tree: `per_token` times the recent tokens per forward pass (a moving average),
-    within [low, high]. Trees grow where drafts are accepted and shrink where they are not."""
-
-    def __init__(self, low: int = 8, high: int = 48, per_token: float = 8.0, decay: float = 0.8):
-        self.low, self.high, self.per_token, self.decay = low, high, per_token, decay
-        self.tokens_per_forward = 1.0
-
-    def now(self) -> int:
-        return max(self.low, min(self.high, round(self.per_token * self.tokens_per_forward)))
-
-    def observe(self, tokens: int) -> None:
-        self.tokens_per_forward = self.decay * self.tokens_per_forward + (1 - self.decay) * tokens
-
-
 class Speculator:
-    """The drafters, their acceptance rates and the tree budget, kept across requests (one per
-    model: the token recycling table and the request history belong to it)."""
+    """The drafters, their acceptance rates and the cost of a pass, kept across requests (one per
+    model: the token recycling table and the request history belong to it). Trees hold at most
+    `max_nodes` nodes, `max_depth` deep; within that, `DraftTree.build` sizes them."""
 
     def __init__(self, vocab: int, drafters: Sequence[str] = DRAFTERS, max_depth: int = 16,
-                 budget: Budget | None = None):
+                 max_nodes: int = 64):
         unknown = set(drafters) - set(DRAFTERS)
         if unknown:
             raise ValueError(f"unknown drafter(s) {sorted(unknown)}; known: {list(DRAFTERS)}")
         every = registry(vocab)
         self.drafters: list[Drafter] = [every[name] for name in drafters]
         self.rates = AcceptanceRates()
-        self.budget = budget or Budget()
-        self.max_depth = max_depth
+        self.cost = PassCost()
+        self.max_depth, self.max_nodes = max_depth, max_nodes
 
     def nbytes(self) -> int:
         return sum(d.nbytes() for d in self.drafters)
@@ -69,7 +55,7 @@ class Speculator:
     def tree(self, context: Sequence[int], budget: int) -> DraftTree:
         drafts = [d for drafter in self.drafters
                   for d in drafter.propose(context, budget, self.max_depth)]
-        return DraftTree.build(context[-1], drafts, self.rates, budget)
+        return DraftTree.build(context[-1], drafts, self.rates, budget, self.cost)
 
     @torch.inference_mode()
     def generate(self, model: Transformer, prompt: list[int], max_new_tokens: int, *,
@@ -82,7 +68,7 @@ class Speculator:
         """`generate`'s contract (same arguments, same output for greedy), decoded by draft trees."""
         out = Generation()
         if cache is None:
-            cache, cached = model.new_cache(1, len(prompt) + max_new_tokens + self.budget.high), 0
+            cache, cached = model.new_cache(1, len(prompt) + max_new_tokens + self.max_nodes), 0
         t0 = time.perf_counter()
         if logits is None:
             cached = min(cached, len(prompt) - 1)
@@ -121,14 +107,16 @@ class Speculator:
         pos = len(prompt)  # the last token goes here; the cache holds everything before it
         while not over:
             room = cache.max_seq - pos
-            tree = self.tree(context, min(self.budget.now(), room))
+            tree = self.tree(context, min(self.max_nodes, room))
             tokens = torch.tensor(tree.tokens)
+            t1 = time.perf_counter()
             logits = model(tokens[None], pos, cache, positions=tree.positions(pos),
                            mask=tree.mask(pos))[0]
+            self.cost.observe(len(tree), time.perf_counter() - t1)
             out.forwards += 1
             for drafter in self.drafters:
                 drafter.verified(tokens, logits)
-            node, accepted, before = 0, [0], len(out.tokens)
+            node, accepted = 0, [0]
             while True:
                 kids = tree.children[node]
                 token = choose(logits[node])
@@ -148,7 +136,6 @@ class Speculator:
                 cache.move(torch.tensor(accepted[1:]) + pos, pos + 1)
             pos += len(accepted)
             out.cache_valid = pos
-            self.budget.observe(len(out.tokens) - before)
             for drafter in self.drafters:
                 drafter.extend(context, len(accepted))
         for drafter in self.drafters:

@@ -1,0 +1,182 @@
+"""`tokenfill bench speculative`: speculative vs plain decoding, side by side in one run.
+
+Holes: block bodies and runs of 2 to 5 whole lines cut from held-out files (realcode.py), and
+rows of ../shared/data HumanEval multi-line infilling. Each hole is completed greedily four ways,
+one after the other: tokenfill plain, tokenfill speculative, and the same checkpoint run by
+`transformers` `generate` (greedy, then with `prompt_lookup_num_tokens`), those two asked for as
+many tokens as tokenfill's plain completion generated, from the same prompt ids. The cursor sits
+at a line start and `--cursor-mode none` is used, so every runtime decodes the same prompt.
+
+Reported: whether speculative and plain outputs are identical; mean accepted draft tokens per
+decoding pass; generated tokens per second of decoding (prefill excluded); ms per completion
+(p50, p95; prefill included); the drafters' memory; and a plot of where the accepted tokens
+came from, by drafter and hole kind (a token two drafters proposed counts for both).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import holes, realcode
+from .bench import REPO_ROOT, header, percentile
+from .completion import Engine
+from .drafters import DRAFTERS
+from .hardware import resolve_dtype
+
+HUMANEVAL_MULTI = (REPO_ROOT.parent / "shared" / "data" / "humaneval-infilling" /
+                   "HumanEval-MultiLineInfilling.jsonl.gz")
+PLOT = REPO_ROOT / "benchmarks" / "speculative-accepted.png"
+KINDS = ("block-body", "multi-line", "humaneval-multi")
+
+
+def bench_holes(per_kind: int, seed: int) -> list[holes.Hole]:
+    files = realcode.files()
+    out = holes.cut(files, "block-body", per_kind, seed) + holes.cut(files, "multi-line", per_kind, seed)
+    if HUMANEVAL_MULTI.is_file():
+        with gzip.open(HUMANEVAL_MULTI, "rt") as f:
+            rows = [json.loads(line) for line in f]
+        for row in random.Random(seed).sample(rows, min(per_kind, len(rows))):
+            out.append(holes.Hole(row["task_id"], "humaneval-multi", row["prompt"],
+                                  row["canonical_solution"], row["suffix"]))
+    return out
+
+
+def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
+        compare_transformers: bool = True, progress: bool = True, plot: Path | None = PLOT) -> str:
+    engine = Engine.load(model, dtype="fp32")
+    hf = _transformers(model) if compare_transformers else None
+    rows: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    by_drafter: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    cases = bench_holes(per_kind, seed)
+    warm = cases[0]
+    for speculative in (False, True):  # both paths compiled and cached before timing
+        engine.complete(warm.prefix, warm.suffix, max_tokens=8, cursor_mode="none",
+                        speculative=speculative)
+    for hole in tqdm(cases, desc="speculative vs plain", unit="hole", disable=not progress):
+        r = rows[hole.kind]
+        plain = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
+                                cursor_mode="none", speculative=False)
+        fast = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
+                               cursor_mode="none", speculative=True)
+        r["same"].append(plain.text == fast.text)
+        r["tokens"].append(plain.tokens)
+        r["plain_decode_s"].append(plain.decode_ms / 1000)
+        r["spec_decode_s"].append(fast.decode_ms / 1000)
+        r["plain_ms"].append(plain.total_ms)
+        r["spec_ms"].append(fast.total_ms)
+        r["forwards"].append(fast.forwards)
+        r["accepted"].append(fast.accepted)
+        r["drafted"].append(fast.drafted)
+        for name, (_, accepted) in (fast.by_drafter or {}).items():
+            by_drafter[hole.kind][name] += accepted
+        if hf is not None and plain.tokens > 0:
+            prompt, _ = engine.prompt_ids(hole.prefix, hole.suffix, max_tokens, cursor_mode="none")
+            for label, extra in (("hf_ms", {}), ("hf_pld_ms", {"prompt_lookup_num_tokens": 10})):
+                r[label].append(_hf_generate(hf, prompt, plain.tokens, extra))
+    memory = engine.speculator.nbytes()
+    table = _table(rows, hf is not None)
+    lines = [header(f"tokenfill bench speculative --per-kind {per_kind}"),
+             f"greedy, at most {max_tokens} tokens, `--cursor-mode none`; {len(cases)} holes; "
+             "tokens/s over decoding only, ms per completion with the prompt included.", "",
+             *table, "",
+             f"Drafters' memory kept across requests after the run: {memory / 2**20:.2f} MB "
+             f"(drafters: {', '.join(DRAFTERS)}).",
+             "",
+             "Accepted draft tokens per decoding pass, by drafter (a token that several drafters "
+             "proposed counts for each):", "",
+             "| holes | " + " | ".join(DRAFTERS) + " |",
+             "| --- |" + " --- |" * len(DRAFTERS)]
+    for kind, r in rows.items():
+        passes = max(sum(r["forwards"]), 1)
+        lines.append(f"| {kind} | " + " | ".join(f"{by_drafter[kind][name] / passes:.2f}"
+                                                  for name in DRAFTERS) + " |")
+    if plot is not None:
+        _plot(rows, by_drafter, plot)
+        lines += ["", f"Plot: `{plot.relative_to(REPO_ROOT)}`."]
+    return "\n".join(lines)
+
+
+def _table(rows: dict[str, dict[str, list]], with_hf: bool) -> list[str]:
+    head = ("| holes | n | identical | mean tokens | accepted per pass | plain tokens/s | "
+            "speculative tokens/s | speed-up | plain ms p50 / p95 | speculative ms p50 / p95")
+    head += " | transformers ms p50 / p95 | transformers + prompt lookup ms p50 / p95 |" if with_hf else " |"
+    out = [head, "| --- " * (head.count("|") - 1) + "|"]
+    total: dict[str, list] = defaultdict(list)
+    for kind in [*rows, "all"]:
+        r = rows[kind] if kind != "all" else total
+        if kind != "all":
+            for key, values in r.items():
+                total[key].extend(values)
+        n = len(r["same"])
+        tokens = sum(r["tokens"])
+        plain_tps = tokens / max(sum(r["plain_decode_s"]), 1e-9)
+        spec_tps = tokens / max(sum(r["spec_decode_s"]), 1e-9)
+        accepted = sum(r["accepted"]) / max(sum(r["forwards"]), 1)
+
+        def ms(key: str) -> str:
+            return f"{percentile(r[key], 0.5):.0f} / {percentile(r[key], 0.95):.0f}"
+
+        line = (f"| {kind} | {n} | {sum(r['same'])}/{n} | {tokens / max(n, 1):.1f} | "
+                f"{accepted:.2f} | {plain_tps:.0f} | {spec_tps:.0f} | {spec_tps / plain_tps:.2f}x | "
+                f"{ms('plain_ms')} | {ms('spec_ms')} |")
+        if with_hf:
+            line += f" {ms('hf_ms')} | {ms('hf_pld_ms')} |"
+        out.append(line)
+    return out
+
+
+def _transformers(model: Path):
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype("fp32")).eval()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def _hf_generate(hf, prompt: list[int], n: int, extra: dict) -> float:
+    """ms for `transformers` to generate exactly n greedy tokens after `prompt`."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                    max_new_tokens=n, min_new_tokens=n, do_sample=False, **extra)
+    return (time.perf_counter() - start) * 1000
+
+
+def _plot(rows: dict[str, dict[str, list]], by_drafter: dict[str, dict[str, int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(DRAFTERS)
+    for k, name in enumerate(DRAFTERS):
+        values = [by_drafter[kind][name] / max(sum(rows[kind]["forwards"]), 1) for kind in kinds]
+        left.bar([i + k * width for i in range(len(kinds))], values, width, label=name)
+    left.set_xticks([i + 0.4 - width / 2 for i in range(len(kinds))], kinds)
+    left.set_ylabel("accepted draft tokens per pass")
+    left.set_title("Where accepted tokens come from")
+    left.legend()
+    for kind in kinds:
+        r = rows[kind]
+        speedups = [p / s for p, s in zip(r["plain_decode_s"], r["spec_decode_s"]) if s > 0]
+        right.scatter(r["tokens"][:len(speedups)], speedups, label=kind, s=14)
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_xlabel("tokens generated")
+    right.set_ylabel("decoding speed-up (plain / speculative time)")
+    right.set_title("Speed-up per hole")
+    right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
