@@ -36,3 +36,18 @@ def test_bundled_model_cached_logits_equal_reference():
         cached = torch.cat([model(tokens[:, :40], 0, cache)] +
                            [model(tokens[:, i:i + 1], i, cache) for i in range(40, 64)], dim=1)
         assert torch.allclose(cached, reference_logits(model, tokens), atol=1e-3)
+
+
+def test_bundled_model_speculative_greedy_equals_plain():
+    """Greedy identity on the real model, on code from this repository (lookups find plenty)."""
+    engine = Engine.load(BUNDLED_MODEL, dtype="fp32")
+    source = (BUNDLED_MODEL.parent.parent / "tokenfill" / "generate.py").read_text()
+    accepted = 0
+    for cut in (1500, 3000, 4500):
+        cut = source.index("\n", cut) + 1
+        plain = engine.complete(source[:cut], source[cut:], max_tokens=48, cursor_mode="none",
+                                speculative=False)
+        fast = engine.complete(source[:cut], source[cut:], max_tokens=48, cursor_mode="none")
+        assert fast.text == plain.text
+        accepted += fast.accepted
+    assert accepted > 0

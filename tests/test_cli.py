@@ -78,6 +78,22 @@ def test_batch_completes_and_skips_bad_lines(tmp_path, model_dir):
     assert "in.jsonl:3: skipped: missing field 'id'" in result.stderr
     assert "in.jsonl:5: skipped: field 'prefix' must be a string" in result.stderr
     assert "2 completed, 3 skipped" in result.stderr
+    assert all(r["drafted"] >= r["accepted"] >= 0 and r["forwards"] >= 0 for r in rows)
+    assert "accepted per decoding pass" in result.stderr or all(r["forwards"] == 0 for r in rows)
+
+
+def test_batch_without_speculation_gives_the_same_completions(tmp_path, model_dir):
+    tasks = tmp_path / "in.jsonl"
+    tasks.write_text("".join(json.dumps({"id": i, "prefix": p, "suffix": "\n"}) + "\n" for i, p in
+                             enumerate(["def f():\n    return ", "for i in range(", "import "])))
+    outputs = []
+    for flags in ([], ["--no-speculative"]):
+        out = tmp_path / f"out{len(flags)}.jsonl"
+        result = run("batch", tasks, "-o", out, "--model", model_dir, "--max-tokens", 12, *flags)
+        assert result.returncode == 0, result.stderr
+        outputs.append([json.loads(x) for x in out.read_text().splitlines()])
+    assert [r["completion"] for r in outputs[0]] == [r["completion"] for r in outputs[1]]
+    assert "drafted" in outputs[0][0] and "drafted" not in outputs[1][0]
 
 
 def test_batch_missing_input(tmp_path, model_dir):

@@ -160,3 +160,20 @@ def test_any_cursor_gives_whole_characters(engine, text, cut, mode, temperature)
     result = engine.complete(text[:cut], text[cut:], max_tokens=10, cursor_mode=mode,
                              sampling=Sampling(temperature=temperature, seed=cut))
     assert "\ufffd" not in result.text
+
+
+@pytest.mark.parametrize("mode", ["exact", "heal", "none"])
+def test_speculative_completions_equal_plain_ones(engine, mode):
+    """Greedy: the same text with or without speculation, in every cursor mode, with stop rules
+    (a single line, a stop string) in the loop."""
+    cases = [("class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.", "\n", {}),
+             ("for i in range(10):\n    pri", "\n", {"single_line": True}),
+             ("def add(a, b):\n    return a + b\n\ndef add(", "", {"stop": (")",)}),
+             ("x = {'key': 'val", "}\n", {})]
+    for prefix, suffix, options in cases:
+        plain = engine.complete(prefix, suffix, max_tokens=24, cursor_mode=mode, speculative=False,
+                                **options)
+        fast = engine.complete(prefix, suffix, max_tokens=24, cursor_mode=mode, **options)
+        assert fast.text == plain.text and fast.finish_reason == plain.finish_reason
+        assert fast.by_drafter is not None and plain.by_drafter is None
+        assert fast.accepted <= fast.drafted and fast.forwards <= plain.forwards

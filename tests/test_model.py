@@ -19,15 +19,17 @@ ATOL = 1e-4
 def test_cached_decode_equals_full_recompute(kv_heads, bias):
     config = tiny_config(97, num_key_value_heads=kv_heads, attention_bias=bias)
     model = Transformer.init_random(config, seed=1).eval()
-    tokens = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 97, (1, 190), generator=torch.Generator().manual_seed(0))
     expected = reference_logits(model, tokens)[0]
 
-    cache = model.new_cache(1, 64)
+    cache = model.new_cache(1, 200)
     with torch.no_grad():
         got = [model(tokens[:, :17], 0, cache)[0]]                  # prefill
         got.append(model(tokens[:, 17:30], 17, cache)[0])           # a second chunk
-        for pos in range(30, 40):                                    # token by token
+        got.append(model(tokens[:, 30:110], 30, cache)[0])          # a long one (fused kernel)
+        for pos in range(110, 120):                                  # token by token
             got.append(model(tokens[:, pos:pos + 1], pos, cache)[0])
+        got.append(model(tokens[:, 120:190], 120, cache)[0])        # long again, after decoding
     assert torch.allclose(torch.cat(got), expected, atol=ATOL)
 
 

@@ -185,6 +185,8 @@ def test_newer_request_supersedes_older(server):
     ("/infill", {"cursor_mode": 3}, 400, "'cursor_mode' must be a string"),
     ("/api/generate", {"prompt": "a", "cursor_mode": "heal!"}, 400, "'cursor_mode'"),
     ("/v1/fim/completions", {"prompt": "a", "cursor_mode": ""}, 400, "'cursor_mode'"),
+    ("/infill", {"speculative": "no"}, 400, "'speculative' must be true or false"),
+    ("/v1/completions", {"prompt": "a", "speculative": 0}, 400, "'speculative'"),
     ("/nowhere", {}, 404, "no route"),
 ])
 def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, path, body, status, message):
@@ -208,6 +210,26 @@ def test_cursor_mode_field_reaches_the_engine(server, mode):
     line = server.log_line(r.headers["x-request-id"])
     assert f"cursor={mode or 'none'}" in line
     assert ("prompt included" in line) == (mode == "exact")  # the exact cursor's own passes
+
+
+@pytest.mark.parametrize("speculative", [True, False, None])
+def test_speculative_field_reaches_the_engine(server, speculative):
+    """Speculation is on unless a request says `speculative: false`; /infill reports its drafts
+    as llama.cpp does (draft_n, draft_n_accepted)."""
+    body = {"input_prefix": "def f(x):\n    ", "input_suffix": "\n", "n_predict": 6,
+            "cursor_mode": "none"}
+    if speculative is not None:
+        body["speculative"] = speculative
+    r = httpx.post(server.url + "/infill", json=body)
+    assert r.status_code == 200, r.text
+    timings = r.json()["timings"]
+    line = server.log_line(r.headers["x-request-id"])
+    on = speculative is not False
+    assert ("drafts" in line) == on, line
+    assert timings["forwards"] >= 1
+    if not on:
+        assert timings["draft_n"] == 0 and timings["draft_n_accepted"] == 0
+    assert timings["draft_n_accepted"] <= timings["draft_n"]
 
 
 def test_oversized_body_gets_413(server):

@@ -4,8 +4,9 @@ Holes: block bodies and runs of 2 to 5 whole lines cut from held-out files (real
 rows of ../shared/data HumanEval multi-line infilling. Each hole is completed greedily four ways,
 one after the other: tokenfill plain, tokenfill speculative, and the same checkpoint run by
 `transformers` `generate` (greedy, then with `prompt_lookup_num_tokens`), those two asked for as
-many tokens as tokenfill's plain completion generated, from the same prompt ids. The cursor sits
-at a line start and `--cursor-mode none` is used, so every runtime decodes the same prompt.
+many tokens as tokenfill's plain completion generated, from the same prompt ids, with the same
+threads per pass (hardware.py). The cursor sits at a line start and `--cursor-mode none` is
+used, so every runtime decodes the same prompt.
 
 Reported: whether speculative and plain outputs are identical; mean accepted draft tokens per
 decoding pass; generated tokens per second of decoding (prefill excluded); ms per completion
@@ -29,7 +30,7 @@ from . import holes, realcode
 from .bench import REPO_ROOT, header, percentile
 from .completion import Engine
 from .drafters import DRAFTERS
-from .hardware import resolve_dtype
+from .hardware import resolve_dtype, use_threads_for
 
 HUMANEVAL_MULTI = (REPO_ROOT.parent / "shared" / "data" / "humaneval-infilling" /
                    "HumanEval-MultiLineInfilling.jsonl.gz")
@@ -100,14 +101,15 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
                                                   for name in DRAFTERS) + " |")
     if plot is not None:
         _plot(rows, by_drafter, plot)
-        lines += ["", f"Plot: `{plot.relative_to(REPO_ROOT)}`."]
+        shown = plot.relative_to(REPO_ROOT) if plot.is_relative_to(REPO_ROOT) else plot
+        lines += ["", f"Plot: `{shown}`."]
     return "\n".join(lines)
 
 
 def _table(rows: dict[str, dict[str, list]], with_hf: bool) -> list[str]:
     head = ("| holes | n | identical | mean tokens | accepted per pass | plain tokens/s | "
-            "speculative tokens/s | speed-up | plain ms p50 / p95 | speculative ms p50 / p95")
-    head += " | transformers ms p50 / p95 | transformers + prompt lookup ms p50 / p95 |" if with_hf else " |"
+            "speculative tokens/s | speed-up | plain ms p50 / p95 / mean | speculative ms")
+    head += " | transformers ms | transformers + prompt lookup ms |" if with_hf else " |"
     out = [head, "| --- " * (head.count("|") - 1) + "|"]
     total: dict[str, list] = defaultdict(list)
     for kind in [*rows, "all"]:
@@ -122,7 +124,8 @@ def _table(rows: dict[str, dict[str, list]], with_hf: bool) -> list[str]:
         accepted = sum(r["accepted"]) / max(sum(r["forwards"]), 1)
 
         def ms(key: str) -> str:
-            return f"{percentile(r[key], 0.5):.0f} / {percentile(r[key], 0.95):.0f}"
+            return (f"{percentile(r[key], 0.5):.0f} / {percentile(r[key], 0.95):.0f} / "
+                    f"{sum(r[key]) / max(len(r[key]), 1):.0f}")
 
         line = (f"| {kind} | {n} | {sum(r['same'])}/{n} | {tokens / max(n, 1):.1f} | "
                 f"{accepted:.2f} | {plain_tps:.0f} | {spec_tps:.0f} | {spec_tps / plain_tps:.2f}x | "
@@ -139,6 +142,13 @@ def _transformers(model: Path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=resolve_dtype("fp32")).eval()
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
+
+    def same_threads(module, args, kwargs):  # the thread policy tokenfill's passes get
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            use_threads_for(ids.numel())
+
+    hf.register_forward_pre_hook(same_threads, with_kwargs=True)
     return hf
 
 

@@ -1,0 +1,19 @@
+"""The speculative benchmark runs end to end (tiny model, synthetic files) and reports each kind."""
+
+from __future__ import annotations
+
+from tokenfill import realcode, speculative_bench
+
+from .test_holes import FILES
+
+
+def test_report_compares_speculative_and_plain(monkeypatch, model_dir, tmp_path):
+    monkeypatch.setattr(realcode, "files", lambda: list(FILES))
+    plot = tmp_path / "plot.png"
+    report = speculative_bench.run(model_dir, per_kind=2, max_tokens=8, compare_transformers=False,
+                                   progress=False, plot=plot)
+    for kind in ("block-body", "multi-line", "all"):
+        assert f"| {kind} | " in report
+    rows = [line for line in report.splitlines() if line.startswith("| block-body | 2 |")]
+    assert rows and "| 2/2 |" in rows[0]  # greedy outputs identical
+    assert "Drafters' memory" in report and plot.stat().st_size > 0
