@@ -69,8 +69,8 @@ class PromptLookup:
         self.indexed = 0
 
     def begin(self, context: Sequence[int]) -> None:
-        self.index, self.indexed = defaultdict(list), 0
-        self._index(context)
+        self.index, self.indexed = defaultdict(list), 0  # built at the first proposal: a
+        # completion that ends after one token never pays for it
 
     def _index(self, context: Sequence[int]) -> None:
         for end in range(self.indexed + 1, len(context) + 1):
@@ -145,14 +145,10 @@ class NGramDrafter:
 
     def begin(self, context: Sequence[int]) -> None:
         if self.per_request:
-            self.counts, self.counted = {}, 0
-            self._count(context, 0)
-            self.counted = len(context)
+            self.counts, self.counted = {}, 0  # counted at the first proposal, as PromptLookup
 
     def extend(self, context: Sequence[int], new: int) -> None:
-        if self.per_request:
-            self._count(context, self.counted)
-            self.counted = len(context)
+        pass  # `propose` counts what it has not seen
 
     def finish(self, context: Sequence[int]) -> None:
         if not self.per_request:
@@ -170,6 +166,9 @@ class NGramDrafter:
         return None
 
     def propose(self, context: Sequence[int], budget: int, depth: int) -> list[Draft]:
+        if self.per_request and self.counted < len(context):
+            self._count(context, self.counted)
+            self.counted = len(context)
         tail = list(context[-self.max_n:])
         path: tuple[int, ...] = ()
         out = []
