@@ -63,7 +63,7 @@ def test_cache_after_rejected_branches_equals_plain_decoding(tiny_model, tokeniz
     spec = Speculator(tokenizer.vocab_size)
     for prompt in prompts(tokenizer, 4):
         cache = tiny_model.new_cache(1, 512)
-        out = spec.generate(tiny_model, prompt, 48, cache=cache)
+        out = spec.generate(tiny_model, prompt, 48, cache=cache, end_ids=frozenset({0, 5}))
         assert out.drafted > out.accepted  # some branches were rejected
         valid = out.cache_valid
         # at least what plain decoding leaves (all but the last token); the last too when it

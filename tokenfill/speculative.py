@@ -125,7 +125,7 @@ class Speculator:
                     for source in tree.sources[k]:
                         self.rates.observe(source, k == hit)
                 over = emit(token)
-                if hit is None:
+                if hit is None or token in end_ids:  # an end token is not part of the output
                     break
                 accepted.append(hit)
                 node = hit
