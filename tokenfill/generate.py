@@ -97,6 +97,18 @@ def decode_one(model: Transformer, cache: KVCache, token: int, pos: int) -> Tens
     return model(torch.tensor([[token]]), pos, cache)[0, -1]
 
 
+def choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None,
+           vocab_limit: int | None, constraints: Sequence[Constraint]) -> int:
+    """The next token from logits (vocab,) within the constraints, which then see it."""
+    logits = logits[:vocab_limit]
+    for constraint in constraints:
+        logits = restrict(logits, constraint.allowed())
+    token = sample(logits, sampling, generator)
+    for constraint in constraints:
+        constraint.advance(token)
+    return token
+
+
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
@@ -109,6 +121,20 @@ class Generation:
     drafted: int = 0                   # speculative: draft tokens verified
     accepted: int = 0                  # speculative: draft tokens accepted
     by_drafter: dict[str, list[int]] = field(default_factory=dict)  # name: [drafted, accepted]
+
+
+def start(model: Transformer, prompt: list[int], out: Generation, cache: KVCache, cached: int,
+          logits: Tensor | None) -> Tensor:
+    """Run what the cache lacks of the prompt (unless the caller did: `logits`); the logits after
+    it. Records the prompt's share of the work in `out`."""
+    t0 = time.perf_counter()
+    if logits is None:
+        cached = min(cached, len(prompt) - 1)  # the last prompt token is run: its logits are needed
+        logits = prefill(model, cache, prompt[cached:], cached)
+        out.prompt_evaluated = len(prompt) - cached
+    out.cache_valid = len(prompt)
+    out.prefill_s = time.perf_counter() - t0
+    return logits
 
 
 @torch.inference_mode()
@@ -131,22 +157,11 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
     out = Generation()
     if cache is None:
         cache, cached = model.new_cache(1, len(prompt) + max_new_tokens), 0
-    t0 = time.perf_counter()
-    if logits is None:
-        cached = min(cached, len(prompt) - 1)  # the last prompt token is run: its logits are needed
-        logits = prefill(model, cache, prompt[cached:], cached)
-        out.prompt_evaluated = len(prompt) - cached
-    out.cache_valid = len(prompt)
-    out.prefill_s = time.perf_counter() - t0
+    logits = start(model, prompt, out, cache, cached, logits)
     generator = generator if generator is not None else sampling.generator()
     t0 = time.perf_counter()
     for i in range(max_new_tokens):
-        logits = logits[:vocab_limit]
-        for constraint in constraints:
-            logits = restrict(logits, constraint.allowed())
-        token = sample(logits, sampling, generator)
-        for constraint in constraints:
-            constraint.advance(token)
+        token = choose(logits, sampling, generator, vocab_limit, constraints)
         if token in end_ids:
             out.finish_reason = "stop"
             break

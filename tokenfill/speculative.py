@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .draft_tree import AcceptanceRates, DraftTree, PassCost
 from .drafters import DRAFTERS, Drafter, registry
-from .generate import Constraint, Generation, Sampling, prefill, probabilities, restrict, sample
+from .generate import Constraint, Generation, Sampling, choose, probabilities, start
 from .model import KVCache, Transformer
 
 
@@ -69,27 +69,15 @@ class Speculator:
         out = Generation()
         if cache is None:
             cache, cached = model.new_cache(1, len(prompt) + max_new_tokens + self.max_nodes), 0
-        t0 = time.perf_counter()
-        if logits is None:
-            cached = min(cached, len(prompt) - 1)
-            logits = prefill(model, cache, prompt[cached:], cached)
-            out.prompt_evaluated = len(prompt) - cached
-        out.cache_valid = len(prompt)
-        out.prefill_s = time.perf_counter() - t0
+        logits = start(model, prompt, out, cache, cached, logits)
         generator = generator if generator is not None else sampling.generator()
         t0 = time.perf_counter()
         context = list(prompt)
         for drafter in self.drafters:
             drafter.begin(context)
 
-        def choose(logits: Tensor) -> int:
-            logits = logits[:vocab_limit]
-            for constraint in constraints:
-                logits = restrict(logits, constraint.allowed())
-            token = sample(logits, sampling, generator)
-            for constraint in constraints:
-                constraint.advance(token)
-            return token
+        def pick(logits: Tensor) -> int:
+            return choose(logits, sampling, generator, vocab_limit, constraints)
 
         def emit(token: int) -> bool:
             """Append the token; True when the generation is over."""
@@ -103,7 +91,7 @@ class Speculator:
                 return True
             return len(out.tokens) >= max_new_tokens
 
-        over = max_new_tokens <= 0 or emit(choose(logits))
+        over = max_new_tokens <= 0 or emit(pick(logits))
         pos = len(prompt)  # the last token goes here; the cache holds everything before it
         while not over:
             room = cache.max_seq - pos
@@ -119,7 +107,7 @@ class Speculator:
             node, accepted = 0, [0]
             while True:
                 kids = tree.children[node]
-                token = choose(logits[node])
+                token = pick(logits[node])
                 hit = next((k for k in kids if tree.tokens[k] == token), None)
                 for k in kids:
                     for source in tree.sources[k]:
