@@ -32,13 +32,17 @@ def test_prompt_lookup_sees_tokens_added_after_it_began():
 
 
 def test_ngram_gates_drop_weak_drafts():
+    """The context's counts (taken at the first proposal) must clear both gates."""
     drafter = NGramDrafter("ngram", per_request=True, max_n=1, min_count=3, min_share=0.7)
-    drafter.begin([1, 2, 5, 2])  # after 1: 2 once: too few
-    assert drafter.propose([1], budget=4, depth=4) == []
-    drafter.begin([1, 2, 1, 2, 1, 3])  # after 1: 2 twice, 3 once: too weak a share
-    assert drafter.propose([1], budget=4, depth=4) == []
-    drafter.begin([1, 2, 1, 2, 1, 2, 1, 3])  # after 1: 2 three times of four
-    got = drafter.propose([5, 1], budget=4, depth=1)
+    context = [1, 2, 5, 2, 1]  # after 1: 2 once: too few
+    drafter.begin(context)
+    assert drafter.propose(context, budget=4, depth=4) == []
+    context = [1, 2, 1, 2, 1, 3, 1]  # after 1: 2 twice, 3 once: too weak a share
+    drafter.begin(context)
+    assert drafter.propose(context, budget=4, depth=4) == []
+    context = [1, 2, 1, 2, 1, 2, 1, 3, 5, 1]  # after 1: 2 three times of four
+    drafter.begin(context)
+    got = drafter.propose(context, budget=4, depth=1)
     assert paths(got) == [(2,)] and abs(got[0].guess - 0.75) < 1e-9
 
 
