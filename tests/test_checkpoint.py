@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenfill.checkpoint import CheckpointError, load_model, save_model
+from tokenfill.checkpoint import CheckpointError, fim_layout, load_model, save_model
 from tokenfill.model import Transformer
 
 from .conftest import tiny_config
@@ -22,6 +22,17 @@ def test_round_trip_keeps_logits(tmp_path, tiny_model):
         assert torch.equal(loaded(tokens), tiny_model(tokens))
     names = set(load_file(tmp_path / "model.safetensors"))
     assert "model.embed_tokens.weight" in names and "model.norm.weight" in names
+
+
+def test_fim_layout_is_read_from_the_config(tmp_path, tiny_model):
+    save_model(tiny_model, tmp_path)
+    assert fim_layout(tmp_path) == "psm"   # what published checkpoints expect
+    save_model(tiny_model, tmp_path, fim_layout="spm")
+    assert fim_layout(tmp_path) == "spm"
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"fim_layout": "sideways"}))
+    with pytest.raises(CheckpointError, match="fim_layout must be"):
+        fim_layout(tmp_path)
 
 
 def test_tied_embeddings_are_shared_after_load(tmp_path):

@@ -83,6 +83,26 @@ def test_slot_reuse_gives_the_same_completion_with_less_work(engine):
     assert off.prompt_evaluated == off.prompt_tokens and off.text == again.text
 
 
+def test_suffix_first_layout_reuses_the_suffix_while_typing(tmp_path, tiny_model, tokenizer):
+    from tokenfill.checkpoint import save_model
+
+    save_model(tiny_model, tmp_path, fim_layout="spm")
+    tokenizer.save(tmp_path / "tokenizer.json")
+    spm = Engine.load(tmp_path, dtype="fp32")
+    assert spm.fim.layout == "spm"
+    prompt, _ = spm.prompt_ids("x = 1\n", "y = 2\n", max_tokens=4)
+    assert prompt[:2] == [spm.fim.suffix, *tokenizer.encode("y = 2\n")][:2]
+    assert prompt[-1] == spm.fim.middle
+    suffix = "".join(f"name_{i} = {i}\n" for i in range(30))
+    pool = SlotPool(spm.model, n_slots=1, max_seq=spm.context)
+    spm.complete("def f(x):\n    return ", suffix, max_tokens=4, slots=pool, cursor_mode="none")
+    typed = spm.complete("def f(x):\n    return x", suffix, max_tokens=4, slots=pool,
+                         cursor_mode="none")
+    assert typed.prompt_evaluated <= 3 < len(tokenizer.encode(suffix))  # the suffix stayed cached
+    fresh = spm.complete("def f(x):\n    return x", suffix, max_tokens=4, cursor_mode="none")
+    assert typed.text == fresh.text
+
+
 def test_warm_up_fills_a_slot(engine):
     from tokenfill.slots import SlotPool
 

@@ -49,6 +49,15 @@ def test_format_is_detected_from_special_tokens(family):
     assert len(prompt) == found.overhead + len(tok.encode("a = 1\n")) + len(tok.encode("\nb = 2"))
 
 
+def test_suffix_prefix_middle_layout_puts_the_prefix_last(tokenizer):
+    psm, spm = fim.detect(tokenizer), fim.detect(tokenizer, "spm")
+    pre, suf = tokenizer.encode("a = 1\n"), tokenizer.encode("\nb = 2")
+    assert psm.prompt(pre, suf) == [psm.prefix, *pre, psm.suffix, *suf, psm.middle]
+    assert spm.prompt(pre, suf) == [spm.suffix, *suf, spm.prefix, *pre, spm.middle]
+    with pytest.raises(ValueError, match="unknown FIM layout 'mps'"):
+        fim.detect(tokenizer, "mps")
+
+
 def test_tokenizer_without_fim_tokens_is_refused():
     tok = family_tokenizer(["<s>", "</s>"])
     with pytest.raises(fim.FimUnsupportedError, match="no fill-in-the-middle tokens"):

@@ -59,3 +59,9 @@ def test_schedule_warms_up_then_anneals_by_the_time_budget():
     assert lr_at(a, 10, 0.1) < 1.0
     assert lr_at(a, 50, 1.0) == pytest.approx(a.min_lr_ratio)   # time budget spent
     assert lr_at(a, 99, 0.99) == pytest.approx(a.min_lr_ratio, abs=1e-3)
+
+
+def test_loader_workers_feed_training(run_dir):
+    meta = train(args(run_dir, steps=6, workers=2, resume=False))
+    assert meta["step"] == 6 and meta["tokens"] == 6 * 4 * 32
+    assert meta["final"]["heldout_loss"] < meta["evals"][0]["heldout_loss"]

@@ -53,6 +53,15 @@ def load_config(directory: str | Path) -> ModelConfig:
     return ModelConfig.from_hf(json.loads(path.read_text()))
 
 
+def fim_layout(directory: str | Path) -> str:
+    """The FIM prompt layout the checkpoint asks for (`"fim_layout"` in config.json), else psm."""
+    path = Path(directory) / "config.json"
+    layout = json.loads(path.read_text()).get("fim_layout", "psm") if path.is_file() else "psm"
+    if layout not in ("psm", "spm"):
+        raise CheckpointError(f"{path}: fim_layout must be \"psm\" or \"spm\", not {layout!r}")
+    return layout
+
+
 def load_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> Transformer:
     """The network of a checkpoint directory, in eval mode, weights cast to `dtype`."""
     directory = Path(directory)
@@ -80,8 +89,10 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> Tra
     return model.eval()
 
 
-def save_model(model: Transformer, directory: str | Path, dtype: torch.dtype = torch.bfloat16) -> None:
-    """Write config.json and model.safetensors (HF names: `model.` prefix, lm_head at top level)."""
+def save_model(model: Transformer, directory: str | Path, dtype: torch.dtype = torch.bfloat16,
+               fim_layout: str | None = None) -> None:
+    """Write config.json and model.safetensors (HF names: `model.` prefix, lm_head at top level),
+    with the FIM layout the checkpoint prefers when given."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -94,4 +105,5 @@ def save_model(model: Transformer, directory: str | Path, dtype: torch.dtype = t
             tensors[f"model.{name}"] = tensor
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in tensors.items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
+    config = model.config.to_hf() | ({"fim_layout": fim_layout} if fim_layout else {})
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

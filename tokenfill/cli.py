@@ -94,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=768)
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that build training batches (0: the training process)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a state exists")
     p.add_argument("--no-progress", action="store_true")
 
@@ -326,8 +330,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     train(TrainArgs(run=args.run, out=args.out, preset=args.preset, steps=args.steps,
                     max_minutes=args.max_minutes, batch_size=args.batch_size, seq_len=args.seq_len,
-                    vocab_size=args.vocab_size, lr=args.lr, eval_every=args.eval_every,
-                    save_every=args.save_every, resume=not args.no_resume,
+                    vocab_size=args.vocab_size, lr=args.lr, warmup=args.warmup,
+                    eval_every=args.eval_every, save_every=args.save_every,
+                    workers=args.workers, compile=args.compile, resume=not args.no_resume,
                     benchmark_dir=SHARED_DATA if SHARED_DATA.is_dir() else None,
                     progress=not args.no_progress))
     return 0

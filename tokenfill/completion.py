@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import cursor, fim, utf8
-from .checkpoint import load_model
+from .checkpoint import fim_layout, load_model
 from .generate import Generation, Sampling, generate, prefill
 from .hardware import resolve_dtype
 from .model import Transformer
@@ -52,11 +52,11 @@ class Completion:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, name: str = "model",
-                 require_fim: bool = True):
+                 require_fim: bool = True, fim_layout: str = "psm"):
         self.model = model
         self.tokenizer = tokenizer
         try:
-            self.fim: fim.FimTokens | None = fim.detect(tokenizer)
+            self.fim: fim.FimTokens | None = fim.detect(tokenizer, fim_layout)
         except fim.FimUnsupportedError:
             if require_fim:
                 raise
@@ -72,7 +72,8 @@ class Engine:
         if require_fim:
             fim.detect(tokenizer)  # before the weights: fail fast on a checkpoint without FIM tokens
         model = load_model(directory, resolve_dtype(dtype))
-        return cls(model, tokenizer, name=directory.name, require_fim=require_fim)
+        return cls(model, tokenizer, name=directory.name, require_fim=require_fim,
+                   fim_layout=fim_layout(directory))
 
     @property
     def end_ids(self) -> frozenset[int]:

@@ -4,6 +4,12 @@ A format is a row in FORMATS: the token strings that mark prefix, suffix and mid
 that end a middle, and whether the prompt opens with the tokenizer's BOS. The prompt is built in
 ids: control tokens are placed by id, user text is encoded as plain text, so `<fim_middle>` typed
 in a file is just text.
+
+Two layouts: prefix-suffix-middle (`psm`, what published checkpoints expect) and
+suffix-prefix-middle (`spm`: `<suffix> S <prefix> P <middle>`, as tokenfill's recipe also trains).
+A checkpoint picks one with `"fim_layout"` in its config.json; the bundled model uses `spm`, where
+the prefix runs straight into the middle (measured in BENCHMARKS.md). It also suits typing: the
+text that changes is at the end of the prompt, so a cached prompt is reused up to the cursor.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ FORMATS: dict[str, FimFormat] = {f.name: f for f in [
 ]}
 
 
+LAYOUTS = ("psm", "spm")
+
+
 @dataclass(frozen=True)
 class FimTokens:
     """A format resolved against one tokenizer: the ids to build prompts with and to stop on."""
@@ -51,10 +60,13 @@ class FimTokens:
     middle: int
     stops: frozenset[int]
     bos: int | None
+    layout: str = "psm"
 
     def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
-        """Prefix-suffix-middle prompt; the model writes the middle after it."""
+        """The prompt in this layout; the model writes the middle after it."""
         head = [self.bos] if self.bos is not None else []
+        if self.layout == "spm":
+            return [*head, self.suffix, *suffix_ids, self.prefix, *prefix_ids, self.middle]
         return [*head, self.prefix, *prefix_ids, self.suffix, *suffix_ids, self.middle]
 
     @property
@@ -62,15 +74,17 @@ class FimTokens:
         return 3 + (self.bos is not None)
 
 
-def detect(tokenizer: Tokenizer) -> FimTokens:
+def detect(tokenizer: Tokenizer, layout: str = "psm") -> FimTokens:
     """The FIM format the tokenizer's special tokens belong to; FimUnsupportedError if none."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown FIM layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     for fmt in FORMATS.values():
         ids = [tokenizer.token_id(t) for t in (fmt.prefix, fmt.suffix, fmt.middle)]
         if None in ids:
             continue
         stops = frozenset(i for i in map(tokenizer.token_id, fmt.stops) if i is not None)
         bos = tokenizer.token_id(fmt.bos) if fmt.bos else None
-        return FimTokens(fmt, *ids, stops=stops, bos=bos)
+        return FimTokens(fmt, *ids, stops=stops, bos=bos, layout=layout)
     looked_for = "; ".join(f"{f.name}: {f.prefix} {f.suffix} {f.middle}" for f in FORMATS.values())
     raise FimUnsupportedError(
         "this checkpoint's tokenizer has no fill-in-the-middle tokens, so it cannot complete at a "

@@ -145,7 +145,8 @@ class RMSNorm(nn.Module):
 def rope_tables(config: ModelConfig, positions: Tensor) -> tuple[Tensor, Tensor]:
     """cos, sin of shape (T, head_dim) for the given positions (half-rotation layout)."""
     hd = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32,
+                                                    device=positions.device) / hd))
     angles = positions.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -263,9 +264,9 @@ class Transformer(nn.Module):
         if cache is not None:  # inference: small passes on one thread (hardware.py)
             use_threads_for(B * T)
         if positions is None:
-            positions = torch.arange(start, start + T)
+            positions = torch.arange(start, start + T, device=tokens.device)
         if cache is not None and mask is None and T > 1:
-            mask = causal_mask(start, T)
+            mask = causal_mask(start, T).to(tokens.device)
         cos, sin = rope_tables(self.config, positions)
         x = self.embed_tokens(tokens)
         for i, block in enumerate(self.layers):
