@@ -96,6 +96,17 @@ def test_batch_without_speculation_gives_the_same_completions(tmp_path, model_di
     assert "drafted" in outputs[0][0] and "drafted" not in outputs[1][0]
 
 
+def test_complete_says_why_syntax_declined_and_no_syntax_decodes_raw(tmp_path, model_dir):
+    source = tmp_path / "a.py"
+    source.write_text("def add(a, b):\n    return a + b\n")
+    on = run("complete", source, "--line", 1, "--column", 15, "--model", model_dir,
+             "--max-tokens", 12, "--cursor-mode", "none")
+    off = run("complete", source, "--line", 1, "--column", 15, "--model", model_dir,
+              "--max-tokens", 12, "--cursor-mode", "none", "--no-syntax")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert off.stdout.rstrip("\n").startswith(on.stdout.rstrip("\n"))
+
+
 def test_batch_missing_input(tmp_path, model_dir):
     result = run("batch", tmp_path / "none.jsonl", "-o", tmp_path / "o.jsonl", "--model", model_dir)
     assert result.returncode == 2 and "no such file" in result.stderr

@@ -197,3 +197,21 @@ def test_speculative_completions_equal_plain_ones(engine, mode):
         assert fast.text == plain.text and fast.finish_reason == plain.finish_reason
         assert fast.by_drafter is not None and plain.by_drafter is None
         assert fast.accepted <= fast.drafted and fast.forwards <= plain.forwards
+
+
+def test_syntax_declines_in_a_comment_unless_invoked(engine):
+    skipped = engine.complete("x = 1  # the count of", "\n", max_tokens=8)
+    assert skipped.text == "" and skipped.tokens == 0 and "comment" in skipped.skipped
+    asked = engine.complete("x = 1  # the count of", "\n", max_tokens=8, invoked=True)
+    assert not asked.skipped and asked.mode == "line" and "\n" not in asked.text
+    raw = engine.complete("x = 1  # the count of", "\n", max_tokens=8, syntax=False)
+    assert not raw.skipped and raw.mode == ""
+    warm = engine.complete("x = 1  # the count of", "\n", max_tokens=0)  # warm-ups still fill
+    assert not warm.skipped and warm.prompt_tokens > 0
+
+
+def test_syntax_picks_a_block_after_an_opener_and_stops_early(engine):
+    block = engine.complete("def add(a, b):", "\n", max_tokens=24, cursor_mode="none")
+    assert block.mode == "block"
+    raw = engine.complete("def add(a, b):", "\n", max_tokens=24, cursor_mode="none", syntax=False)
+    assert raw.text.startswith(block.text) and block.tokens <= raw.tokens

@@ -1,4 +1,4 @@
-"""The line rule: one line after text on the cursor's line, else a block up to a blank line or dedent."""
+"""The stop rule's mechanics: whole characters, stop strings, n_indent, raw decoding, streaming."""
 
 from __future__ import annotations
 
@@ -6,40 +6,24 @@ import pytest
 
 from tokenfill.stops import StopRule, valid_utf8_prefix
 
-# (prefix, suffix, raw model output, expected completion, stops before the output ends)
-CASES = [
-    # text before the cursor on its line: that line only
-    ("x = ", "\n", "compute()\nprint(x)\n", "compute()", True),
-    ("    return self.resu", "\n", "lt\n    def", "lt", True),
-    ("x = ", "\n", "compute()", "compute()", False),
-    # empty line at an indentation: a block, ended by a blank line
-    ("def f():\n    ", "\n", "a = 1\n    b = 2\n\n    c = 3", "a = 1\n    b = 2", True),
-    # ended by a dedent below the cursor's line
-    ("def f():\n    ", "\n", "a = 1\n    return a\nprint(f())", "a = 1\n    return a", True),
-    # the dedent is seen as soon as the line has a character
-    ("def f():\n    ", "\n", "a = 1\nx", "a = 1", True),
-    # deeper lines are part of the block
-    ("def f():\n    ", "\n", "for i in x:\n        y(i)\n    z\nw", "for i in x:\n        y(i)\n    z", True),
-    # cursor at the start of a line whose text follows the cursor: keep the newline
-    ("def f():\n", "    return r\n", "    r = 1\n    \n", "    r = 1\n", True),
-    ("def f():\n", "    return r\n", "    r = 1\nx", "    r = 1\n", True),
-    # cursor at column 0 of an empty line: the block's reference is its first line
-    ("def f():\n", "\n", "    a = 1\n    b = 2\n\n", "    a = 1\n    b = 2", True),
-    # no stop yet: everything so far
-    ("def f():\n    ", "", "a = 1\n    b", "a = 1\n    b", False),
-]
+# The syntax-aware rules are tested case by case in tests/golden/syntax.toml (test_syntax.py).
 
 
-@pytest.mark.parametrize("prefix,suffix,raw,expected,stops", CASES)
-def test_line_rule(tokenizer, prefix, suffix, raw, expected, stops):
-    stop = StopRule(tokenizer, prefix, suffix)
-    stopped = False
-    for token in tokenizer.encode(raw):
-        if stop(token):
-            stopped = True
-            break
-    assert stopped == stops
-    assert stop.text() == expected
+def feed_all(stop: StopRule, tokenizer, raw: str) -> bool:
+    return any(stop(token) for token in tokenizer.encode(raw))
+
+
+def test_raw_decoding_ends_only_at_stop_strings_and_n_indent(tokenizer):
+    raw = "compute()\nprint(x)\n\ndef g():\n"
+    stop = StopRule(tokenizer, "x = ", "\n", syntax=False)
+    assert not feed_all(stop, tokenizer, raw) and stop.text() == raw and stop.committed() == raw
+    stop = StopRule(tokenizer, "x = ", "\n", syntax=False, stop_strings=("\n\n",))
+    assert feed_all(stop, tokenizer, raw) and stop.text() == "compute()\nprint(x)"
+
+
+def test_single_line_forces_one_line_where_a_block_would_be_written(tokenizer):
+    stop = StopRule(tokenizer, "def f():\n    ", "\n", single_line=True)
+    assert feed_all(stop, tokenizer, "a = 1\n    b = 2\n") and stop.text() == "a = 1"
 
 
 def test_multibyte_characters_are_never_split(tokenizer):
@@ -80,8 +64,10 @@ def test_n_indent_ends_a_block_at_shallower_lines(tokenizer):
     assert stop.text() == "        x = 1"
 
 
-@pytest.mark.parametrize("prefix,suffix,raw,stops", [case[:3] + ((),) for case in CASES] + [
+@pytest.mark.parametrize("prefix,suffix,raw,stops", [
     ("x = ", "\n", "foo(1) # done", ("# d", "zz")),
+    ("x = ", " + 1\n", "y + 1\n", ()),
+    ("def f():\n", "    return r\n", "    r = 1\n\n\n    \nx", ()),
     ("def f():\n    ", "\n", "a = 1\n    b = 2 # x\nz", ("# x",)),
 ])
 def test_committed_text_is_never_taken_back(tokenizer, prefix, suffix, raw, stops):

@@ -26,6 +26,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="weights' dtype; auto: bf16 on CPUs with fast bf16, else fp32")
     add_cursor_option(p)
     add_speculative_option(p)
+    add_syntax_option(p)
+
+
+def add_syntax_option(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument("--no-syntax", dest="syntax", action="store_false",
+                   help=f"decode raw{what}: no reading of the code around the cursor to decide "
+                        "whether to complete, one line or a block, and where to stop")
 
 
 def add_speculative_option(p: argparse.ArgumentParser, what: str = "") -> None:
@@ -75,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     add_cursor_option(p, " (for requests without a cursor_mode field)")
     add_speculative_option(p, " (for requests without a speculative field)")
+    add_syntax_option(p, " (for requests without a syntax field)")
 
     sub.add_parser("lsp", help="a language server over stdio (inline completion, completion)")
 
@@ -122,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
     p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp", "cursor",
-                                    "speculative"])
+                                    "speculative", "syntax"])
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0: all)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
@@ -135,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-kind", type=int, default=50,
                    help="cursor: holes per token kind (identifier, number, operator, "
                         "indentation); speculative: holes per kind (block-body, multi-line, "
-                        "humaneval-multi)")
+                        "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
+                        "block-body, dot-identifier)")
     p.add_argument("--no-transformers", action="store_true",
                    help="speculative: skip the comparison with transformers generate")
     return parser
@@ -205,7 +214,10 @@ def cmd_complete(args: argparse.Namespace) -> int:
     engine = load_engine(args)
     result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
                              sampling=sampling, cursor_mode=args.cursor_mode,
-                             speculative=args.speculative)
+                             speculative=args.speculative, syntax=args.syntax, invoked=True,
+                             path=str(args.file))
+    if result.skipped:
+        print(f"tokenfill: no completion here: {result.skipped}", file=sys.stderr)
     print(result.text)
     return 0
 
@@ -236,7 +248,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             result = engine.complete(task["prefix"], task.get("suffix", ""),
                                      max_tokens=args.max_tokens, sampling=sampling,
-                                     cursor_mode=args.cursor_mode, speculative=args.speculative)
+                                     cursor_mode=args.cursor_mode, speculative=args.speculative,
+                                     syntax=args.syntax, invoked=True)
+            if result.skipped:
+                task.update(skipped=result.skipped)
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens, forwards=result.forwards)
             if args.speculative:
@@ -289,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         offset = cursor_offset(text, line, column)
         result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
                                  sampling=sampling, cursor_mode=args.cursor_mode,
-                                 speculative=args.speculative)
+                                 speculative=args.speculative, syntax=args.syntax)
         shown = text[:offset].rsplit("\n", 1)[-1]
         print(f"line {line}, column {column}:  {shown}\u2502")
         print(f"  completion ({result.tokens} tokens, {result.total_ms:.0f} ms): {result.text!r}\n")
@@ -313,7 +328,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_body_bytes=args.max_body_bytes, n_slots=args.slots,
                               cache_reuse=not args.no_cache_reuse,
                               default_max_tokens=args.max_tokens, cursor_mode=args.cursor_mode,
-                              speculative=args.speculative)
+                              speculative=args.speculative, syntax=args.syntax)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 
@@ -382,7 +397,11 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    if args.what == "speculative":
+    if args.what == "syntax":
+        from . import syntax_bench
+
+        print(syntax_bench.run(args.model, per_kind=args.per_kind))
+    elif args.what == "speculative":
         from . import speculative_bench
 
         print(speculative_bench.run(args.model, per_kind=args.per_kind,

@@ -22,7 +22,9 @@ from .hardware import resolve_dtype
 from .model import Transformer
 from .slots import SlotPool
 from .speculative import Speculator
+from .monitor import MemberConstraint, Monitor
 from .stops import StopRule
+from .syntax import analyze, decide
 from .tokenizer import Tokenizer
 
 
@@ -43,6 +45,9 @@ class Completion:
     drafted: int = 0           # speculative: draft tokens verified
     accepted: int = 0          # speculative: draft tokens accepted
     by_drafter: dict[str, list[int]] | None = None  # speculative: name -> [drafted, accepted]
+    mode: str = ""             # syntax: "line" or "block" (empty with syntax off)
+    skipped: str = ""          # syntax: why no completion was made here, when none was
+    members: int = 0           # syntax: the attribute names decoding was held to after `name.`
 
     @property
     def mean_accepted(self) -> float:
@@ -64,6 +69,7 @@ class Engine:
         self.context = model.config.max_position_embeddings
         self.name = name
         self.speculator = Speculator(len(tokenizer.token_bytes))  # its tables outlive requests
+        self.monitor = Monitor()  # attribute names after `name.`, cached per document
 
     @classmethod
     def load(cls, directory: str | Path, dtype: str = "auto", require_fim: bool = True) -> Engine:
@@ -127,7 +133,8 @@ class Engine:
                  slots: SlotPool | None = None, reuse: bool = True,
                  abort: Callable[[], bool] | None = None,
                  on_text: Callable[[str], None] | None = None,
-                 speculative: bool = True) -> Completion:
+                 speculative: bool = True, syntax: bool = True, invoked: bool = False,
+                 path: str | None = None, project: str | None = None) -> Completion:
         """The completion at the cursor between `prefix` and `suffix`.
 
         `cursor_mode` says how a prefix that ends inside a token is handled (cursor.py). With
@@ -135,15 +142,26 @@ class Engine:
         `reuse` is off; `max_tokens=0` then only fills a slot (a warm-up). `abort` is polled after
         every token; `on_text` receives the text as it becomes final, in pieces whose
         concatenation is the completion. `speculative` decodes by verified draft trees
-        (speculative.py): the same output, in fewer passes.
+        (speculative.py): the same output, in fewer passes. `syntax` reads the cursor's context
+        (syntax.py) to decide whether to complete (a comment or the middle of a word is skipped
+        unless `invoked`), one line or a block, and where to stop (stops.py); after `name.` it
+        holds the identifier to the members static analysis finds (monitor.py; `path` and
+        `project` help it resolve imports). Off, decoding runs raw to the end token.
         """
         if max_tokens < 0:
             raise ValueError("max_tokens must be >= 0")
         start = time.perf_counter()
+        context = analyze(prefix, suffix) if syntax else None
+        decision = decide(context, invoked=invoked) if context is not None else None
+        if decision is not None and not decision.complete and max_tokens > 0:
+            return Completion(text="", tokens=0, finish_reason="stop", prompt_tokens=0,
+                              prompt_evaluated=0, prefill_ms=0.0, decode_ms=0.0,
+                              total_ms=(time.perf_counter() - start) * 1000,
+                              mode=decision.mode, skipped=decision.reason)
         max_tokens = min(max_tokens, self.context // 2)
         prompt, forced = self.prompt_ids(prefix, suffix, max_tokens, extra, cursor_mode)
         rule = StopRule(self.tokenizer, prefix, suffix, stop_strings=stop, n_indent=n_indent,
-                        single_line=single_line)
+                        single_line=single_line, syntax=syntax, context=context)
         out = _Output(rule, on_text, abort,
                       start + time_budget_ms / 1000 if time_budget_ms else None)
         slot, cached = slots.acquire(prompt, reuse) if slots is not None else (None, 0)
@@ -151,7 +169,7 @@ class Engine:
         vocab = len(self.tokenizer.token_bytes)
         generator = sampling.generator()
         path: tuple[int, ...] = ()
-        passes, cursor_ms, prefill_ms, ended, stepped = 0, 0.0, 0.0, False, 0
+        passes, cursor_ms, prefill_ms, ended, stepped, n_members = 0, 0.0, 0.0, False, 0, 0
         cached = min(cached, len(prompt) - 1)  # the last prompt token is run: its logits are needed
         with torch.inference_mode():
             t0 = time.perf_counter()
@@ -175,6 +193,11 @@ class Engine:
                 before = before[:len(before) - len(forced)]
                 guard = utf8.Guard(self.tokenizer.token_bytes, vocab, utf8.incomplete_tail(before))
                 constraints = [guard, *([cursor.Constraint(self.tokenizer, forced)] if forced else [])]
+                if context is not None and context.after_dot and max_tokens > 0:
+                    members = self.monitor.members(prefix, suffix, context, path, project)
+                    if members:
+                        constraints.append(MemberConstraint(self.tokenizer, members, before))
+                        n_members = len(members)
                 room = cache.max_seq - len(prompt) - len(path)
                 decode = self.speculator.generate if speculative else generate
                 gen = decode(self.model, prompt + list(path), min(max_tokens - stepped, room),
@@ -192,7 +215,8 @@ class Engine:
                           total_ms=(time.perf_counter() - start) * 1000, stop_string=rule.matched,
                           cursor_ms=cursor_ms, cursor_passes=passes, forwards=gen.forwards,
                           drafted=gen.drafted, accepted=gen.accepted,
-                          by_drafter=gen.by_drafter if speculative else None)
+                          by_drafter=gen.by_drafter if speculative else None,
+                          mode=rule.mode or "", members=n_members)
 
 
 class _Output:

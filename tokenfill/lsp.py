@@ -82,12 +82,15 @@ class InProcessBackend:
         self.worker = Worker(Engine.load(model), n_slots=2)
 
     async def complete(self, key: str, prefix: str, suffix: str, max_tokens: int,
-                       single_line: bool, sampling: Sampling, cursor_mode: str) -> str:
+                       single_line: bool, sampling: Sampling, cursor_mode: str, *,
+                       invoked: bool = False, path: str | None = None,
+                       project: str | None = None) -> str:
         from .worker import Job
 
         job = Job(options=dict(prefix=prefix, suffix=suffix, max_tokens=max_tokens,
                                single_line=single_line, sampling=sampling,
-                               cursor_mode=cursor_mode), key=key)
+                               cursor_mode=cursor_mode, invoked=invoked, path=path,
+                               project=project), key=key)
         self.worker.submit(job)
         try:
             while True:
@@ -111,8 +114,11 @@ class RemoteBackend:
         self.client = httpx.AsyncClient(timeout=60)
 
     async def complete(self, key: str, prefix: str, suffix: str, max_tokens: int,
-                       single_line: bool, sampling: Sampling, cursor_mode: str) -> str:
+                       single_line: bool, sampling: Sampling, cursor_mode: str, *,
+                       invoked: bool = False, path: str | None = None,
+                       project: str | None = None) -> str:
         r = await self.client.post(self.url + "/infill", json={"cursor_mode": cursor_mode,
+            "invoked": invoked,
             "input_prefix": prefix, "input_suffix": suffix, "n_predict": max_tokens,
             "temperature": sampling.temperature, "seed": -1 if sampling.seed is None else sampling.seed,
             "id_slot": key, "cache_prompt": True})
@@ -178,7 +184,8 @@ class TokenfillServer(LanguageServer):
                 backend = await asyncio.shield(self.backend)
                 text = await backend.complete(uri, prefix, suffix, self.settings.maxTokens,
                                               self.settings.singleLine, sampling,
-                                              self.settings.cursorMode)
+                                              self.settings.cursorMode, invoked=not automatic,
+                                              path=doc.path, project=self.workspace.root_path)
                 if self.latest.get(uri) != ticket:
                     self.counts.superseded += 1
                     return None

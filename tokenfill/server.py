@@ -47,6 +47,7 @@ class ServerSettings:
     cache_reuse: bool = True
     cursor_mode: str = "exact"                       # for requests that do not say (cursor.py)
     speculative: bool = True                         # for requests that do not say (speculative.py)
+    syntax: bool = True                              # for requests that do not say (syntax.py)
     default_max_tokens: int = 64
     open_paths: tuple[str, ...] = ("/health", "/")   # reachable without the API key
 

@@ -65,6 +65,7 @@ class Worker:
         self.slots = SlotPool(engine.model, n_slots, engine.context)
         self.reuse = reuse
         self.stats = WorkerStats()
+        engine.monitor.warm_up()  # jedi's first lookup takes seconds: not on a person's keystroke
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._latest: dict[str, Job] = {}
         self._lock = threading.Lock()
@@ -137,13 +138,18 @@ def release_memory() -> None:
 
 
 def log_job(job: Job, result: Completion) -> None:
+    if result.skipped:
+        log.info("%s completion: none, %s (queue=%.1fms)", job.id, result.skipped, job.queue_ms)
+        return
     mode = job.options.get("cursor_mode", "exact")
     cursor = (f" cursor={mode}" + (f" ({result.cursor_ms:.1f}ms, {result.cursor_passes} passes, "
                                    "prompt included)" if result.cursor_passes else ""))
     drafts = (f", {result.forwards} passes, drafts {result.accepted}/{result.drafted} accepted"
               if result.by_drafter is not None else f", {result.forwards} passes")
     log.info("%s completion: queue=%.1fms prompt=%.1fms (%d of %d tokens evaluated)%s "
-             "generation=%.1fms (%d tokens%s) engine=%.1fms %s%s", job.id, job.queue_ms,
+             "generation=%.1fms (%d tokens%s)%s engine=%.1fms %s%s", job.id, job.queue_ms,
              result.prefill_ms, result.prompt_evaluated, result.prompt_tokens, cursor,
-             result.decode_ms, result.tokens, drafts, result.total_ms, result.finish_reason,
+             result.decode_ms, result.tokens, drafts,
+             (f" syntax={result.mode}" + (f" ({result.members} members)" if result.members else ""))
+             if result.mode else "", result.total_ms, result.finish_reason,
              f" ({job.cancel_reason})" if job.cancel_reason else "")

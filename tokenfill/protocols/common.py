@@ -93,23 +93,27 @@ def stop_strings(body: dict, name: str = "stop", where: str = "", most: int = 16
 
 
 def engine_options(body: dict) -> dict:
-    """Fields every protocol takes: `cursor_mode`, how a cursor inside a token is handled, and
-    `speculative`, false to decode without draft trees; absent: the server's defaults."""
+    """Fields every protocol takes: `cursor_mode`, how a cursor inside a token is handled;
+    `speculative`, false to decode without draft trees; `syntax`, false to decode raw (no
+    syntax-aware decisions and stops); `invoked`, true when the person asked for a completion
+    (so one is made in a comment too). Absent: the server's defaults."""
     out = {}
     mode = field(body, "cursor_mode", str, None)
     if mode is not None:
         if mode not in CURSOR_MODES:
             raise bad(f"field 'cursor_mode' must be one of {', '.join(CURSOR_MODES)}, not {mode!r}")
         out["cursor_mode"] = mode
-    speculative = field(body, "speculative", bool, None)
-    if speculative is not None:
-        out["speculative"] = speculative
+    for name in ("speculative", "syntax", "invoked"):
+        value = field(body, name, bool, None)
+        if value is not None:
+            out[name] = value
     return out
 
 
 def submit(request: Request, options: dict, key: str | None) -> Job:
     settings = request.app.state.settings
-    options = {"cursor_mode": settings.cursor_mode, "speculative": settings.speculative, **options}
+    options = {"cursor_mode": settings.cursor_mode, "speculative": settings.speculative,
+               "syntax": settings.syntax, **options}
     worker = request.app.state.worker
     if worker is None:
         error = request.app.state.load_error

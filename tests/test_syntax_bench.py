@@ -1,0 +1,23 @@
+"""The syntax benchmark runs end to end (tiny model, synthetic files) and scores both runs."""
+
+from __future__ import annotations
+
+from tokenfill import realcode, syntax_bench
+
+from .test_holes import FILES
+
+
+def test_report_compares_raw_and_syntax_aware(monkeypatch, model_dir):
+    monkeypatch.setattr(realcode, "files", lambda: list(FILES))
+    report = syntax_bench.run(model_dir, per_kind=2, max_tokens=8, progress=False)
+    for kind in (*syntax_bench.KINDS, "all"):
+        for label in ("raw", "syntax"):
+            assert f"| {kind} | {label} | " in report
+    assert "Monitor (jedi) on 2 dot-identifier holes" in report
+
+
+def test_duplicates_counts_only_what_the_gold_does_not_repeat():
+    assert syntax_bench.duplicates("x)):", "x", "):\n    pass\n")
+    assert not syntax_bench.duplicates("x", "x", "):\n")
+    assert syntax_bench.duplicates("a = 1\n    return a\n", "a = 1\n", "    return a\n")
+    assert not syntax_bench.duplicates("f(x)", "f(x)", ")\n")  # the gold ends the same way
