@@ -112,3 +112,35 @@ def test_fit_context_gives_unused_suffix_budget_to_the_prefix(tokenizer):
     count = lambda text: len(tokenizer.encode(text))  # noqa: E731
     p, s = fim.fit_context(prefix, "", count, 100)
     assert s == "" and count(p) > 75
+
+
+def reference_fit(prefix: str, suffix: str, count, budget: int, share: float = 0.75):
+    """Slow and plain: whole texts counted, every line boundary tried from the cursor outwards."""
+    if count(prefix) + count(suffix) <= budget:
+        return prefix, suffix
+    suffix_budget = min(max(budget - int(budget * share), budget - count(prefix)), count(suffix))
+    ends = [i + 1 for i, c in enumerate(suffix) if c == "\n"][::-1]
+    s = next((suffix[:e] for e in ends if count(suffix[:e]) <= suffix_budget), None)
+    if s is None:
+        s = next(suffix[:i] for i in range(len(suffix), -1, -1) if count(suffix[:i]) <= suffix_budget)
+    room = budget - count(s)
+    starts = [i + 1 for i, c in enumerate(prefix) if c == "\n"]
+    p = next((prefix[i:] for i in starts if count(prefix[i:]) <= room), None)
+    if p is None:
+        p = next(prefix[i:] for i in range(len(prefix) + 1) if count(prefix[i:]) <= room)
+    return p, s
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(min_value=1, max_value=4000), st.integers(min_value=0, max_value=4000),
+       st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=10**6))
+def test_windowed_fit_equals_the_reference_on_long_files(tokenizer, n_pre, n_suf, budget, seed):
+    import random
+
+    rng = random.Random(seed)
+    words = ["x", "value", "(", ")", " = ", "\n", "\n    ", "123", "é", "\t", "# note"]
+    prefix = "".join(rng.choice(words) for _ in range(n_pre))
+    suffix = "".join(rng.choice(words) for _ in range(n_suf))
+    count = lambda text: len(tokenizer.encode(text))  # noqa: E731
+    assert fim.fit_context(prefix, suffix, count, budget) == \
+        reference_fit(prefix, suffix, count, budget)

@@ -102,3 +102,10 @@ def test_indentation_is_read_from_the_file(text, unit):
 def test_a_broken_line_above_does_not_put_the_cursor_in_a_string():
     ctx = analyze("x = 'oops\ny = ", "")
     assert ctx.string is None
+
+
+def test_a_long_prefix_is_read_from_a_top_level_line_near_the_cursor():
+    filler = "".join(f"def f{i}(x):\n    return [x,\n            {i}]\n\n" for i in range(400))
+    ctx = analyze(filler + "def g(a):\n    y = compute(a, ", ")\n")
+    assert ctx.open_brackets == ["("] and ctx.suffix_closes == ")" and ctx.indent == 4
+    assert analyze(filler + "s = 'abc", "'\n").string == "'"

@@ -18,6 +18,7 @@ def test_report_compares_raw_and_syntax_aware(monkeypatch, model_dir):
 
 def test_duplicates_counts_only_what_the_gold_does_not_repeat():
     assert syntax_bench.duplicates("x)):", "x", "):\n    pass\n")
+    assert syntax_bench.duplicates("x):\n    pass\n\ny = 1", "x", "):\n    pass\n")  # raw runs on
     assert not syntax_bench.duplicates("x", "x", "):\n")
     assert syntax_bench.duplicates("a = 1\n    return a\n", "a = 1\n", "    return a\n")
     assert not syntax_bench.duplicates("f(x)", "f(x)", ")\n")  # the gold ends the same way

@@ -98,10 +98,12 @@ def fit_context(prefix: str, suffix: str, count: Callable[[str], int], budget: i
     Keeps the text nearest the cursor, cut at line boundaries: whole lines are dropped from the
     start of the prefix and the end of the suffix. The prefix gets `prefix_share` of the budget and
     the suffix the rest; whatever one side does not need goes to the other. A single line longer
-    than its side's budget is cut at characters as a last resort.
+    than its side's budget is cut at characters as a last resort. Long texts are counted from the
+    cursor outwards, a window at a time, so a large file costs about what its used part costs.
     """
     budget = max(budget, 0)
-    n_pre, n_suf = count(prefix), count(suffix)
+    n_pre = _count_upto(prefix, count, budget, from_end=True)
+    n_suf = _count_upto(suffix, count, budget, from_end=False)
     if n_pre + n_suf <= budget:
         return prefix, suffix
     suffix_budget = max(budget - int(budget * prefix_share), budget - n_pre)
@@ -111,27 +113,58 @@ def fit_context(prefix: str, suffix: str, count: Callable[[str], int], budget: i
     return prefix, suffix
 
 
+CHARS_PER_TOKEN = 4  # a first window's guess; windows double until they hold enough tokens
+
+
+def _windows(text: str, budget: int):
+    """Growing windows of `text`'s length, the last one the whole text."""
+    window = max(64, budget * CHARS_PER_TOKEN)
+    while window < len(text):
+        yield window
+        window *= 2
+    yield len(text)
+
+
+def _count_upto(text: str, count: Callable[[str], int], limit: int, from_end: bool) -> int:
+    """count(text) when it is at most `limit`; otherwise a count over `limit` of a part of it."""
+    for window in _windows(text, limit):
+        n = count(text[len(text) - window:] if from_end else text[:window])
+        if n > limit or window == len(text):
+            return n
+    return 0  # unreachable: the last window is the whole text
+
+
 def _keep_tail(text: str, count: Callable[[str], int], budget: int) -> str:
     """The longest tail of `text` starting at a line start (or, failing that, any char) that fits."""
-    if count(text) <= budget:
-        return text
-    starts = [i + 1 for i, c in enumerate(text) if c == "\n"]  # line starts after the first line
-    fits = _first_fit(starts, lambda i: count(text[i:]) <= budget)
-    if fits is not None:
-        return text[fits:]
+    for window in _windows(text, budget):  # the answer lies in the first window that overflows
+        if window < len(text) and count(text[len(text) - window:]) <= budget:
+            continue
+        base = len(text) - window
+        if window == len(text) and count(text) <= budget:
+            return text
+        starts = [i + 1 for i, c in enumerate(text) if c == "\n" and i >= base]  # line starts
+        fits = _first_fit(starts, lambda i: count(text[i:]) <= budget)
+        if fits is not None:
+            return text[fits:]
+        break
     # The cursor's own line is too long: cut inside it.
-    chars = list(range(starts[-1] if starts else 0, len(text) + 1))
+    last = text.rfind("\n") + 1
+    chars = list(range(last, len(text) + 1))
     return text[_first_fit(chars, lambda i: count(text[i:]) <= budget):]
 
 
 def _keep_head(text: str, count: Callable[[str], int], budget: int) -> str:
     """The longest head of `text` ending at a line end (or, failing that, any char) that fits."""
-    if count(text) <= budget:
-        return text
-    ends = [i + 1 for i, c in enumerate(text) if c == "\n"][::-1]  # longest first
-    fits = _first_fit(ends, lambda i: count(text[:i]) <= budget)
-    if fits is not None:
-        return text[:fits]
+    for window in _windows(text, budget):
+        if window < len(text) and count(text[:window]) <= budget:
+            continue
+        if window == len(text) and count(text) <= budget:
+            return text
+        ends = [i + 1 for i, c in enumerate(text[:window]) if c == "\n"][::-1]  # longest first
+        fits = _first_fit(ends, lambda i: count(text[:i]) <= budget)
+        if fits is not None:
+            return text[:fits]
+        break
     first_end = text.find("\n") + 1 or len(text)
     chars = list(range(first_end, -1, -1))
     return text[:_first_fit(chars, lambda i: count(text[:i]) <= budget)]

@@ -10,7 +10,7 @@ With syntax on (the default), the cursor context (syntax.py) picks the mode:
   block opener ends at a line no deeper than the opener), before a line that repeats the
   suffix's next non-blank line, and before a blank line, except inside the body of a block
   opener where blank lines are part of the body. Lines are re-indented with the file's tabs or
-  spaces. A block that ends at a line boundary keeps its last newline only when the text after
+  spaces and its indentation step. A block that ends at a line boundary keeps its last newline only when the text after
   the cursor sits on the cursor's line (that text must then start on a line of its own).
 With syntax off, only the end token, stop strings and `n_indent` end a completion (raw decoding).
 `n_indent` (llama.cpp's option) ends it before a line indented less than that many columns. Stop
@@ -201,10 +201,35 @@ class StopRule:
         return self._styled(text if self.cut is None else text[:self.cut])
 
     def _styled(self, text: str) -> str:
+        """Block lines in the file's indentation: its tabs or spaces, and its step. The model's own
+        step is its first indentation increase, so a line once shown never changes."""
         if self.mode != "block" or "\n" not in text:
             return text
+        style = self.ctx.indentation
         head, *lines = text.split("\n")
-        return "\n".join([head, *(restyle(line, self.ctx.indentation) for line in lines)])
+        lines = [restyle(line, style) for line in lines]
+        first = self.cursor_line + head
+        previous = indent_width(first, style.width) if first.strip() else None
+        base = step = None
+        for line in lines:
+            if not line.strip():
+                continue
+            col = indent_width(line, style.width)
+            if previous is not None and col > previous:
+                base, step = previous, col - previous
+                break
+            previous = col
+        if style.tabs or step is None or step == style.width:
+            return "\n".join([head, *lines])
+
+        def rescaled(line: str) -> str:
+            col = indent_width(line, style.width)
+            if not line.strip() or col <= base:
+                return line
+            levels, rest = divmod(col - base, step)
+            return " " * (base + levels * style.width + rest) + line.lstrip(" \t")
+
+        return "\n".join([head, *map(rescaled, lines)])
 
     def committed(self) -> str:
         """The longest head of text() that no later token can remove."""

@@ -11,8 +11,8 @@ fits the server's budget.
 Reported per kind: exact match and edit similarity of the first line and of the whole middle;
 the share of completions after which the file still parses (`ast.parse`), as a fraction of the
 gold's (the original file, which parses); the share that duplicate text the suffix begins with
-(the completion ends with the suffix's first line, or writes its next line, where the gold does
-not); mean tokens generated and ms per completion.
+(the completion's first line ends with the rest of the cursor's line, or a later line of it is the
+suffix's first or next non-blank line, where the gold's does not); mean tokens generated and ms per completion.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def duplicates(completion: str, gold: str, suffix: str) -> bool:
     rest = lines[0].strip()
     following = next((line.strip() for line in lines[1:] if line.strip()), "")
 
-    def dup(text: str) -> bool:
-        ends = bool(rest) and text.rstrip().endswith(rest)
-        repeats = bool(following) and following in (line.strip() for line in text.split("\n")[1:])
+    def dup(text: str) -> bool:  # the line the cursor is on, and the lines after it
+        ends = bool(rest) and text.split("\n", 1)[0].rstrip().endswith(rest)
+        later = {line.strip() for line in text.split("\n")[1:]}
+        repeats = bool(later & ({rest, following} - {""}))
         return ends or repeats
 
     return dup(completion) and not dup(gold)
