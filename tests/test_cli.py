@@ -96,7 +96,7 @@ def test_batch_without_speculation_gives_the_same_completions(tmp_path, model_di
     assert "drafted" in outputs[0][0] and "drafted" not in outputs[1][0]
 
 
-def test_complete_says_why_syntax_declined_and_no_syntax_decodes_raw(tmp_path, model_dir):
+def test_complete_without_syntax_decodes_raw(tmp_path, model_dir):
     source = tmp_path / "a.py"
     source.write_text("def add(a, b):\n    return a + b\n")
     on = run("complete", source, "--line", 1, "--column", 15, "--model", model_dir,

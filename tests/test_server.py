@@ -237,10 +237,11 @@ def test_speculative_field_reaches_the_engine(server, speculative):
 def test_a_comment_gets_no_completion_unless_invoked(server):
     body = {"input_prefix": "x = 1  # the count of", "input_suffix": "\n", "n_predict": 4}
     r = httpx.post(server.url + "/infill", json=body)
-    assert r.status_code == 200 and r.json()["content"] == ""
+    assert r.status_code == 200 and r.json()["content"] == "" and "comment" in r.json()["declined"]
     assert "completion: none, the cursor is in a comment" in server.log_line(r.headers["x-request-id"])
     r = httpx.post(server.url + "/infill", json=body | {"invoked": True})
-    assert r.status_code == 200 and "syntax=line" in server.log_line(r.headers["x-request-id"])
+    assert r.status_code == 200 and r.json()["declined"] == ""
+    assert "syntax=line" in server.log_line(r.headers["x-request-id"])
     r = httpx.post(server.url + "/infill", json=body | {"syntax": False})
     assert r.status_code == 200 and "syntax=" not in server.log_line(r.headers["x-request-id"])
 

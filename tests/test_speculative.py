@@ -60,11 +60,11 @@ def test_greedy_output_is_plain_greedy_output(tiny_model, tokenizer):
 
 
 def test_cache_after_rejected_branches_equals_plain_decoding(tiny_model, tokenizer):
-    spec = Speculator(tokenizer.vocab_size)
+    spec, rejected = Speculator(tokenizer.vocab_size), 0
     for prompt in prompts(tokenizer, 4):
         cache = tiny_model.new_cache(1, 512)
         out = spec.generate(tiny_model, prompt, 48, cache=cache, end_ids=frozenset({0, 5}))
-        assert out.drafted > out.accepted  # some branches were rejected
+        rejected += out.drafted - out.accepted
         valid = out.cache_valid
         # at least what plain decoding leaves (all but the last token); the last too when it
         # was an accepted draft, run already
@@ -74,6 +74,7 @@ def test_cache_after_rejected_branches_equals_plain_decoding(tiny_model, tokeniz
             tiny_model(torch.tensor([(prompt + out.tokens)[:valid]]), 0, plain)
         torch.testing.assert_close(cache.k[:, :, :, :valid], plain.k[:, :, :, :valid], atol=1e-5, rtol=0)
         torch.testing.assert_close(cache.v[:, :, :, :valid], plain.v[:, :, :, :valid], atol=1e-5, rtol=0)
+    assert rejected > 0  # branches were rejected along the way
 
 
 def chi_square(counts: Counter, expected: dict, n: int) -> tuple[float, int]:
@@ -175,3 +176,22 @@ def test_drafter_memory_is_reported(tiny_model, tokenizer):
     for prompt in itertools.islice(prompts(tokenizer, 3), 3):
         spec.generate(tiny_model, prompt, 20)
     assert 0 < spec.nbytes() < 50 * 2**20
+
+
+def test_drafts_never_reach_past_the_token_limit(tiny_model, tokenizer):
+    spec = Speculator(tokenizer.vocab_size)
+    repeated = tokenizer.encode("x = 1\n" * 40)  # prompt lookup drafts long runs here
+    depths = []
+    build = spec.tree
+
+    def spy(context, budget, depth=None):
+        tree = build(context, budget, depth)
+        depths.append((depth, max(len(tree.path(n)) - 1 for n in range(len(tree)))))  # root: 0
+        return tree
+
+    spec.tree = spy
+    for limit in (1, 2, 5):
+        depths.clear()
+        out = spec.generate(tiny_model, repeated, limit)
+        assert out.tokens == generate(tiny_model, repeated, limit).tokens
+        assert all(deepest <= max(depth, 0) for depth, deepest in depths)

@@ -24,7 +24,7 @@ import torch
 
 from .checkpoint import load_model
 from .generate import generate, prefill
-from .hardware import describe_machine, resolve_dtype
+from .hardware import MAX_THREADS, SMALL_PASS, describe_machine, resolve_dtype, use_threads_for
 from .tokenizer import Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,13 @@ def percentile(values: list[float], q: float) -> float:
 
 def header(command: str) -> str:
     return f"`{command}` on {describe_machine()}, {date.today().isoformat()}"
+
+
+def same_threads(module, args, kwargs) -> None:
+    """A forward pre-hook giving a `transformers` model tokenfill's threads per pass."""
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    if ids is not None:
+        use_threads_for(ids.numel())
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -70,6 +77,7 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
         hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval()
         hf.generation_config.eos_token_id = None
         hf.generation_config.pad_token_id = 0
+        hf.register_forward_pre_hook(same_threads, with_kwargs=True)
         x = torch.tensor([prompt])
 
         def ours_prefill():
@@ -99,7 +107,8 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
     return "\n".join([
         header(f"tokenfill bench runtime --model {model_dir.name}"),
         f"prefill: one {prompt_len}-token prompt; decode: {new_tokens} greedy tokens after a "
-        f"32-token prompt; median of {repeats}; {torch.get_num_threads()} threads.",
+        f"32-token prompt; median of {repeats}; both runtimes with tokenfill's threads per pass "
+        f"({MAX_THREADS} for {SMALL_PASS} tokens or more, 1 below: hardware.py).",
         "",
         "| runtime | dtype | prefill tokens/s | decode tokens/s | same greedy tokens |",
         "| --- | --- | --- | --- | --- |",

@@ -216,8 +216,6 @@ def cmd_complete(args: argparse.Namespace) -> int:
                              sampling=sampling, cursor_mode=args.cursor_mode,
                              speculative=args.speculative, syntax=args.syntax, invoked=True,
                              path=str(args.file))
-    if result.skipped:
-        print(f"tokenfill: no completion here: {result.skipped}", file=sys.stderr)
     print(result.text)
     return 0
 
@@ -250,8 +248,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
                                      max_tokens=args.max_tokens, sampling=sampling,
                                      cursor_mode=args.cursor_mode, speculative=args.speculative,
                                      syntax=args.syntax, invoked=True)
-            if result.skipped:
-                task.update(skipped=result.skipped)
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens, forwards=result.forwards)
             if args.speculative:

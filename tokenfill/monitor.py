@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import keyword
+import queue
 import re
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
@@ -44,13 +45,37 @@ def lookup(code: str, line: int, column: int, path: str | None, project: str | N
     return tuple(sorted(n for n in names if n.isidentifier() and not keyword.iskeyword(n)))
 
 
+class DaemonWorker:
+    """Runs submitted calls one at a time on a daemon thread: a lookup still running when the
+    process exits is dropped, never waited for (a thread pool's workers are joined at exit)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[tuple[Future, object, tuple]] = queue.Queue()
+        threading.Thread(target=self._run, name="monitor", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self.jobs.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args = self.jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(e)
+
+
 class Monitor:
     def __init__(self, timeout_s: float = 0.2, max_documents: int = 64):
         self.timeout_s = timeout_s
         self.max_documents = max_documents
         self.cache: OrderedDict[tuple, tuple[str, ...]] = OrderedDict()
         self.pending: dict[tuple, Future] = {}
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="monitor")  # jedi is not thread-safe
+        self.pool = DaemonWorker()  # one thread: jedi is not thread-safe
         self.lock = threading.RLock()  # a done future runs its callback at once, lock held
         self.lookups = self.timeouts = self.hits = 0
 

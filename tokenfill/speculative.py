@@ -52,9 +52,11 @@ class Speculator:
     def nbytes(self) -> int:
         return sum(d.nbytes() for d in self.drafters)
 
-    def tree(self, context: Sequence[int], budget: int) -> DraftTree:
-        drafts = [d for drafter in self.drafters
-                  for d in drafter.propose(context, budget, self.max_depth)]
+    def tree(self, context: Sequence[int], budget: int, depth: int | None = None) -> DraftTree:
+        """The step's draft tree: at most `budget` nodes, paths at most `depth` tokens deep."""
+        depth = self.max_depth if depth is None else min(depth, self.max_depth)
+        drafts = [d for drafter in self.drafters for d in drafter.propose(context, budget, depth)
+                  ] if depth > 0 else []
         return DraftTree.build(context[-1], drafts, self.rates, budget, self.cost)
 
     @torch.inference_mode()
@@ -95,7 +97,8 @@ class Speculator:
         pos = len(prompt)  # the last token goes here; the cache holds everything before it
         while not over:
             room = cache.max_seq - pos
-            tree = self.tree(context, min(self.max_nodes, room))
+            left = max_new_tokens - len(out.tokens)  # a deeper draft could not be used
+            tree = self.tree(context, min(self.max_nodes, room), left - 1)
             tokens = torch.tensor(tree.tokens)
             t1 = time.perf_counter()
             logits = model(tokens[None], pos, cache, positions=tree.positions(pos),

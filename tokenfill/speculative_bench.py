@@ -27,10 +27,10 @@ import torch
 from tqdm import tqdm
 
 from . import holes, realcode
-from .bench import REPO_ROOT, header, percentile
+from .bench import REPO_ROOT, header, percentile, same_threads
 from .completion import Engine
 from .drafters import DRAFTERS
-from .hardware import resolve_dtype, use_threads_for
+from .hardware import resolve_dtype
 
 HUMANEVAL_MULTI = (REPO_ROOT.parent / "shared" / "data" / "humaneval-infilling" /
                    "HumanEval-MultiLineInfilling.jsonl.gz")
@@ -143,12 +143,7 @@ def _transformers(model: Path):
     hf.generation_config.eos_token_id = None
     hf.generation_config.pad_token_id = 0
 
-    def same_threads(module, args, kwargs):  # the thread policy tokenfill's passes get
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None:
-            use_threads_for(ids.numel())
-
-    hf.register_forward_pre_hook(same_threads, with_kwargs=True)
+    hf.register_forward_pre_hook(same_threads, with_kwargs=True)  # tokenfill's threads per pass
     return hf
 
 

@@ -8,7 +8,9 @@ before the next keystroke (or at the end of the region). Shown completions are t
 construction, so their latency says little about reuse; the typist therefore also pauses at the
 end of each word (a letter or digit followed by anything else) until that keystroke's completion
 arrives, as a person reading a suggestion does. Those requests are the same in every run, so
-their latency compares reuse on and off pair by pair. The replay runs twice in one command,
+their latency compares reuse on and off pair by pair. A request that syntax-aware completion
+declines (a comment, the middle of a word: answered at once with no completion) is counted apart
+and is neither shown nor part of the word-end latencies. The replay runs twice in one command,
 against a server with KV reuse and one started with `--no-cache-reuse`; then a load phase runs
 several typists at once against one server and watches for errors and memory growth.
 """
@@ -41,6 +43,7 @@ class Region:
 class Tally:
     sent: int = 0
     shown: int = 0
+    declined: int = 0   # answered at once with no completion (syntax.py: a comment, mid-word)
     cancelled: int = 0
     errors: int = 0
     status_5xx: int = 0
@@ -91,6 +94,9 @@ async def _request(client: httpx.AsyncClient, url: str, region: Region, typed: i
     if r.status_code != 200:
         tally.errors += 1
         tally.status_5xx += r.status_code >= 500
+        return
+    if r.json().get("declined"):  # no completion here (a comment, the middle of a word)
+        tally.declined += 1
         return
     tally.shown += 1
     tally.latencies_ms.append((time.perf_counter() - start) * 1000)
@@ -165,7 +171,7 @@ def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_
             p50 = percentile(tally.paused_ms, 0.5)
             figures[label] = (p50, evaluated)
             rows.append(
-                f"| {label} | {tally.sent} | {tally.shown} | "
+                f"| {label} | {tally.sent} | {tally.declined} | {tally.shown} | "
                 f"{percentile(tally.latencies_ms, 0.5):.0f} / "
                 f"{percentile(tally.latencies_ms, 0.95):.0f} | {len(tally.paused_ms)} | "
                 f"{p50:.0f} / {percentile(tally.paused_ms, 0.95):.0f} | {evaluated:.1f} | "
@@ -188,10 +194,10 @@ def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_
         f"one /infill request per keystroke (n_predict {n_predict}), the previous one cancelled; "
         "at each word end the typist waits for that keystroke's completion.",
         "",
-        "| KV reuse | requests | completions shown | shown ms p50 / p95 | word ends | "
+        "| KV reuse | requests | declined | completions shown | shown ms p50 / p95 | word ends | "
         "word-end ms p50 / p95 | tokens evaluated / request | prompt tokens / request | aborted "
         "| cache hit rate | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
         f"Reuse on vs off: p50 latency at word ends {ratio(p_on, p_off):.2f}x (target <= 0.4x), "

@@ -139,7 +139,8 @@ def release_memory() -> None:
 
 def log_job(job: Job, result: Completion) -> None:
     if result.skipped:
-        log.info("%s completion: none, %s (queue=%.1fms)", job.id, result.skipped, job.queue_ms)
+        log.info("%s completion: none, %s: queue=%.1fms engine=%.1fms", job.id, result.skipped,
+                 job.queue_ms, result.total_ms)
         return
     mode = job.options.get("cursor_mode", "exact")
     cursor = (f" cursor={mode}" + (f" ({result.cursor_ms:.1f}ms, {result.cursor_passes} passes, "

@@ -70,6 +70,7 @@ def result_body(request: Request, result) -> dict:
                     "forwards": result.forwards},
         "tokens_cached": result.prompt_tokens - result.prompt_evaluated,
         "tokens_evaluated": result.prompt_evaluated, "truncated": False,
+        "declined": result.skipped,  # tokenfill: why syntax-aware completion made none ("": it did)
     }
 
 
