@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tokenfill.draft_tree import AcceptanceRates, DraftTree
+from tokenfill.draft_tree import AcceptanceRates, DraftTree, PassCost
 from tokenfill.drafters import Draft
 from tokenfill.model import reference_logits
 
@@ -53,3 +53,20 @@ def test_tree_pass_equals_each_path_run_alone(tiny_model):
     for node in range(len(tree)):
         alone = reference_logits(tiny_model, torch.tensor([prompt[:-1] + tree.path(node)]))[0, -1]
         torch.testing.assert_close(got[node], alone, atol=1e-4, rtol=0)
+
+
+def test_pass_cost_fits_trees_and_keeps_the_plain_step_apart():
+    cost = PassCost()
+    for _ in range(50):
+        for T in (2, 4, 8, 16):
+            cost.observe(T, 0.007 + 0.0003 * T)
+        cost.observe(1, 0.005)
+    a, b = cost.line()
+    assert abs(a - 0.007) < 2e-4 and abs(b - 0.0003) < 2e-5
+    assert abs(cost(1) - 0.005) < 1e-9 and abs(cost(10) - 0.010) < 2e-4
+    # with a step that much cheaper than a tree of two, a lone weak draft is not worth a pass
+    tree = DraftTree.build(1, [Draft((5,), 0.2, "a")], AcceptanceRates(), budget=8, cost=cost)
+    assert len(tree) == 1
+    tree = DraftTree.build(1, [Draft((5,), 0.9, "a"), Draft((5, 6), 0.9, "a")], AcceptanceRates(),
+                           budget=8, cost=cost)
+    assert len(tree) == 3

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
-from tokenfill.drafters import DRAFTERS, NGramDrafter, PromptLookup, TokenRecycling, registry
+from tokenfill.drafters import (DRAFTERS, ContextTokens, NGramDrafter, PromptLookup,
+                                TokenRecycling, reference_ends, registry)
 
 
 def paths(drafts):
     return [d.path for d in drafts]
+
+
+def test_context_lookup_equals_the_plain_loop():
+    """Where the last n tokens occurred before, vectorised, against one position at a time, on
+    small alphabets (many matches) as the context grows past its first array."""
+    rng = random.Random(0)
+    for trial in range(60):
+        alphabet = rng.choice([2, 3, 5, 50])
+        context = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 1500 if trial % 10 == 0 else 80))]
+        seen = ContextTokens()
+        for cut in sorted({len(context) // 3, len(context)}):
+            seen.sync(context[:cut])
+            for tail in (context[:cut][-4:], [rng.randrange(alphabet) for _ in range(5)]):
+                got = [ends.tolist() for ends in seen.ends(tail, 4)]
+                assert got == reference_ends(context[:cut], tail, 4), (trial, cut, tail)
 
 
 def test_prompt_lookup_continues_the_longest_earlier_match():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenfill.generate import Sampling, generate, sample
+from tokenfill.generate import Sampling, choose, generate, restrict, sample
 from tokenfill.model import reference_logits
 
 
@@ -88,3 +88,38 @@ def test_ids_past_the_vocab_limit_are_never_sampled(tiny_model):
     limited = generate(tiny_model, [1, 2, 3], 30, sampling=Sampling(temperature=5.0, seed=0),
                        vocab_limit=100)
     assert max(limited.tokens) < 100
+
+
+class _Mask:
+    """A constraint that allows a fixed set of ids and records what it was told."""
+
+    def __init__(self, allowed):
+        self.mask, self.seen = allowed, []
+
+    def allowed(self):
+        return self.mask
+
+    def advance(self, token):
+        self.seen.append(token)
+
+
+def test_greedy_choice_equals_restricting_first():
+    """Greedy takes the argmax when every constraint allows it; the result is always the argmax
+    of the logits restricted by each constraint in turn (the sampling path)."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        logits = torch.randn(40, generator=g)
+        if trial % 7 == 0:
+            logits[3] = logits[5] = 9.0  # a tie: the first one wins either way
+        masks = [torch.rand(40, generator=g) < p for p in (0.9, 0.5, 0.05)[:trial % 4]]
+        if trial % 11 == 0:
+            masks.append(torch.zeros(40, dtype=torch.bool))  # allows nothing: set aside
+        if trial % 13 == 0:
+            masks.append(None)
+        expected = logits[:30]
+        for mask in masks:
+            expected = restrict(expected, mask)
+        constraints = [_Mask(m) for m in masks]
+        token = choose(logits, Sampling(), None, 30, constraints)
+        assert token == int(expected.argmax())
+        assert all(c.seen == [token] for c in constraints)

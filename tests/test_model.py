@@ -31,6 +31,9 @@ def test_cached_decode_equals_full_recompute(kv_heads, bias):
             got.append(model(tokens[:, pos:pos + 1], pos, cache)[0])
         got.append(model(tokens[:, 120:190], 120, cache)[0])        # long again, after decoding
     assert torch.allclose(torch.cat(got), expected, atol=ATOL)
+    with torch.no_grad():  # a long prompt from the start: the kernel's own causal mask
+        long = model(tokens[:, :100], 0, model.new_cache(1, 100))[0]
+    assert torch.allclose(long, expected[:100], atol=ATOL)
 
 
 def test_uncached_forward_equals_reference(tiny_model):
@@ -131,3 +134,21 @@ def test_logits_equal_transformers(kind, tmp_path):
                            [ours(tokens[:, i:i + 1], i, cache) for i in range(30, 50)], dim=1)
     assert torch.allclose(got, expected, atol=ATOL), (got - expected).abs().max()
     assert torch.allclose(cached, expected, atol=ATOL), (cached - expected).abs().max()
+
+
+def test_transposed_projections_keep_values_names_and_ties():
+    for tie in (False, True):
+        model = Transformer.init_random(tiny_config(60, tie_word_embeddings=tie))
+        tokens = torch.randint(0, 60, (1, 9))
+        with torch.no_grad():
+            before = model(tokens)
+            names = {k: v.clone() for k, v in model.state_dict().items()}
+            model.transpose_projections()
+            after = model(tokens)
+        torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+        state = model.state_dict()
+        assert state.keys() == names.keys() and all(torch.equal(state[k], names[k]) for k in names)
+        up = model.layers[0].mlp.up_proj.weight
+        assert up.stride() == (1, up.shape[0])  # (out, in) seen through a transpose
+        assert (model.lm_head.weight is model.embed_tokens.weight) == tie
+        assert model.embed_tokens.weight.is_contiguous()

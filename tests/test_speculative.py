@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
+from tokenfill.draft_tree import PassCost
 from tokenfill.generate import Sampling, generate, probabilities
 from tokenfill.model import reference_logits
 from tokenfill.speculative import Speculator, residual_accept
@@ -23,6 +24,13 @@ def prompts(tokenizer, n: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(1)
     cuts = torch.randint(20, len(text), (n,), generator=g).tolist()
     return [tokenizer.encode(text[max(0, c - 300):c]) for c in cuts]
+
+
+class FlatCost(PassCost):
+    """Passes that cost the same whatever their size: trees keep every node drafted."""
+
+    def __call__(self, T: int) -> float:
+        return 1.0
 
 
 class BanEvery7th:
@@ -118,6 +126,7 @@ def test_speculative_sampling_matches_plain_sampling_over_three_tokens(tiny_mode
     sampling = Sampling(temperature=1.5, top_k=3)
     prompt = tokenizer.encode("for i in range(10):\n    print(i)\nfor i in range(10):\n   ")
     spec = Speculator(tokenizer.vocab_size)
+    spec.cost = FlatCost()  # every draft is worth its place: trees at every step
     expected: dict[tuple[int, ...], float] = {}
 
     def dist(seq):

@@ -17,3 +17,12 @@ def test_report_compares_speculative_and_plain(monkeypatch, model_dir, tmp_path)
     rows = [line for line in report.splitlines() if line.startswith("| block-body | 2 |")]
     assert rows and "| 2/2 |" in rows[0]  # greedy outputs identical
     assert "Drafters' memory" in report and plot.stat().st_size > 0
+    assert "| tokens in the pass | 1 | 2 |" in report and "ceiling from pass costs" in report
+
+
+def test_cost_interpolates_between_the_sizes_measured():
+    costs = {1: 5.0, 2: 7.0, 4: 8.0, 8: 10.0}
+    assert speculative_bench.cost_at(costs, 1) == 5.0
+    assert speculative_bench.cost_at(costs, 3) == 7.5
+    assert speculative_bench.cost_at(costs, 8) == 10.0
+    assert speculative_bench.cost_at(costs, 12) == 12.0  # past the last: the last slope

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from tokenfill.stops import StopRule, valid_utf8_prefix
 
@@ -81,3 +83,23 @@ def test_committed_text_is_never_taken_back(tokenizer, prefix, suffix, raw, stop
         if done:
             break
     assert stop.text().startswith(sent)
+
+
+CURSORS = [("x = f(", ")\n"), ("x = ", " + 1\n"), ("s = 'ab", "'\n"), ('s = """doc', '"""\n'),
+           ("def f():\n", "    return r\n"), ("if a:\n    ", "\n"), ("y = [1,", "]\n"),
+           ("# note ", "\n"), ("call(a, ", "b)\nz = 2\n")]
+
+
+@given(cursor=st.sampled_from(CURSORS),
+       pieces=st.lists(st.text(alphabet="()[]{}'\"#\\\n xab=,+", max_size=4), max_size=40))
+@example(cursor=("x = ", "\n"), pieces=['""', '"a\n'])                    # a quote that grows to three
+@example(cursor=("x = ", "\n"), pieces=["a '", "\\", "'b'"])              # an escape split
+@example(cursor=("x = ", " + total\n"), pieces=["y + to", "tal"])          # the suffix's rest again
+def test_the_scan_goes_on_where_it_left_off(tokenizer, cursor, pieces):
+    """Fed piece by piece, the scan resumes from its last safe point and finds what a scan of
+    the whole text from the start finds."""
+    rule = StopRule(tokenizer, *cursor)
+    text = ""
+    for piece in pieces:
+        text += piece
+        assert rule.scan(text) == rule.scan_from(text, None)[0], (cursor, text)

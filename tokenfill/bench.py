@@ -51,17 +51,22 @@ def same_threads(module, args, kwargs) -> None:
         use_threads_for(ids.numel())
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _interleaved_medians(fns: list, rounds: int) -> list[float]:
+    """Median seconds of each function, run in turn round after round (every other round in
+    reverse order, so that none always follows the same one), so that the machine's load falls
+    on all of them alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for k in range(rounds):
+        order = list(range(len(fns)))
+        for i in (order if k % 2 == 0 else order[::-1]):
+            start = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(kept) for kept in times]
 
 
 def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), prompt_len: int = 256,
-                  new_tokens: int = 128, repeats: int = 3) -> str:
+                  new_tokens: int = 128, repeats: int = 8) -> str:
     """A markdown table: prefill and decode tokens/s, ours vs transformers."""
     import transformers
 
@@ -81,7 +86,8 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
         x = torch.tensor([prompt])
 
         def ours_prefill():
-            prefill(ours, ours.new_cache(1, prompt_len), prompt)
+            with torch.inference_mode():  # as the engine runs it (and transformers below)
+                prefill(ours, ours.new_cache(1, prompt_len), prompt)
 
         def hf_prefill():
             with torch.inference_mode():
@@ -98,16 +104,16 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
 
         same = ours_decode() == hf_decode()  # also warms both up
         ours_prefill(), hf_prefill()
-        for impl, pre, dec in [("tokenfill", ours_prefill, ours_decode),
-                               ("transformers", hf_prefill, hf_decode)]:
-            t_pre = _median_time(pre, repeats)
-            t_dec = _median_time(dec, repeats)
+        times = _interleaved_medians([ours_prefill, hf_prefill, ours_decode, hf_decode], repeats)
+        for k, impl in enumerate(("tokenfill", "transformers")):
+            t_pre, t_dec = times[k], times[2 + k]
             rows.append(f"| {impl} | {name} | {prompt_len / t_pre:,.0f} | "
                         f"{new_tokens / t_dec:,.0f} | {'yes' if same else 'NO'} |")
     return "\n".join([
         header(f"tokenfill bench runtime --model {model_dir.name}"),
         f"prefill: one {prompt_len}-token prompt; decode: {new_tokens} greedy tokens after a "
-        f"32-token prompt; median of {repeats}; both runtimes with tokenfill's threads per pass "
+        f"32-token prompt; median of {repeats} rounds, the runtimes taking turns; both with "
+        f"tokenfill's threads per pass "
         f"({MAX_THREADS} for {SMALL_PASS} tokens or more, 1 below: hardware.py).",
         "",
         "| runtime | dtype | prefill tokens/s | decode tokens/s | same greedy tokens |",

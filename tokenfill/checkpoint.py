@@ -86,6 +86,7 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> Tra
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    model.transpose_projections()
     return model.eval()
 
 

@@ -111,20 +111,27 @@ class Engine:
             raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in the model's "
                              f"{self.context}-token context")
         head = "".join(f"# {name}\n{text.rstrip()}\n\n" for name, text in extra)
-        count = lambda text: len(self.tokenizer.encode(text))  # noqa: E731
-        prefix, suffix = fim.fit_context(head + prefix, suffix, count, budget)
+        encoded: dict[str, list[int]] = {}  # fitting counts the texts it keeps: encoded once
+
+        def encode(text: str) -> list[int]:
+            if text not in encoded:
+                encoded[text] = self.tokenizer.encode(text)
+            return encoded[text]
+
+        prefix, suffix = fim.fit_context(head + prefix, suffix, lambda text: len(encode(text)),
+                                         budget)
         forced = b""
         if cursor_mode == "exact":
             prefix, partial = cursor.split_partial(self.tokenizer, prefix)
             forced = partial.encode()
-        prefix_ids = self.tokenizer.encode(prefix)
+        prefix_ids = encode(prefix)
         if cursor_mode == "heal" and prefix_ids:
             k = cursor.heal_rollback(self.tokenizer, prefix_ids)
             forced = self.tokenizer.decode_bytes(prefix_ids[len(prefix_ids) - k:])
             prefix_ids = prefix_ids[:len(prefix_ids) - k]
         if self.fim is None:  # a left-to-right prompt; an empty one starts at an end-of-text token
             return prefix_ids or sorted(self.end_ids)[:1] or [0], forced
-        return self.fim.prompt(prefix_ids, self.tokenizer.encode(suffix)), forced
+        return self.fim.prompt(prefix_ids, encode(suffix)), forced
 
     def complete(self, prefix: str, suffix: str = "", *, max_tokens: int = 64,
                  sampling: Sampling = Sampling(), stop: tuple[str, ...] = (), n_indent: int = 0,

@@ -17,12 +17,12 @@ source can replace the guess (`AcceptanceRates`).
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import torch
+import numpy as np
 from torch import Tensor
 
 
@@ -55,61 +55,102 @@ class Drafter(Protocol):
         """Memory it keeps across requests, roughly."""
 
 
+class ContextTokens:
+    """A request's tokens in a growing array, for finding where its last few tokens occurred
+    before: one vectorised comparison per lookup, nothing built per request (`reference_ends`
+    is the plain loop it is tested against)."""
+
+    def __init__(self) -> None:
+        self.tokens = np.empty(1024, dtype=np.int32)
+        self.n = 0
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def sync(self, context: Sequence[int]) -> None:
+        """Take the tokens `context` has beyond those held (a context only grows in a request)."""
+        if len(context) <= self.n:
+            return
+        if len(context) > len(self.tokens):
+            grown = np.empty(max(len(context), 2 * len(self.tokens)), dtype=np.int32)
+            grown[:self.n] = self.tokens[:self.n]
+            self.tokens = grown
+        self.tokens[self.n:len(context)] = context[self.n:]
+        self.n = len(context)
+
+    def ends(self, tail: Sequence[int], max_n: int) -> list[np.ndarray]:
+        """For n = 1, 2, ... up to `max_n` (and the length of `tail`), while any is found: the
+        positions e, in increasing order, with tokens[e-n:e] equal to the last n of `tail` and a
+        token after them (e < the tokens held)."""
+        held, out = self.tokens[:self.n], []
+        if not tail or self.n < 2:
+            return out
+        found = np.flatnonzero(held[:-1] == tail[-1]) + 1
+        for n in range(1, min(max_n, len(tail)) + 1):
+            if n > 1:
+                found = found[found >= n]
+                found = found[held[found - n] == tail[-n]]
+            if not len(found):
+                break
+            out.append(found)
+        return out
+
+
+def reference_ends(context: Sequence[int], tail: Sequence[int], max_n: int) -> list[list[int]]:
+    """`ContextTokens.ends`, one position and one n at a time."""
+    out = []
+    for n in range(1, min(max_n, len(tail)) + 1):
+        found = [e for e in range(n, len(context)) if list(context[e - n:e]) == list(tail[-n:])]
+        if not found:
+            break
+        out.append(found)
+    return out
+
+
 class PromptLookup:
     """The last `n` tokens (n from `max_n` down to `min_n`) matched earlier in the context; the
     tokens that followed the `width` most recent matches with distinct continuations are
-    proposed, up to `depth` long. An index of every n-gram's end positions, built once per
-    request and extended as tokens are accepted, keeps a lookup to a few dictionary reads."""
+    proposed, up to `depth` long."""
 
     name = "prompt"
 
     def __init__(self, max_n: int = 4, min_n: int = 1, width: int = 3):
         self.max_n, self.min_n, self.width = max_n, min_n, width
-        self.index: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        self.indexed = 0
+        self.seen = ContextTokens()
 
     def begin(self, context: Sequence[int]) -> None:
-        self.index, self.indexed = defaultdict(list), 0  # built at the first proposal: a
-        # completion that ends after one token never pays for it
-
-    def _index(self, context: Sequence[int]) -> None:
-        for end in range(self.indexed + 1, len(context) + 1):
-            for n in range(self.min_n, self.max_n + 1):
-                if end - n >= 0:
-                    self.index[tuple(context[end - n:end])].append(end)
-        self.indexed = max(self.indexed, len(context))
+        self.seen.reset()
 
     def extend(self, context: Sequence[int], new: int) -> None:
-        self._index(context)
+        pass  # `propose` takes what it has not seen
 
     def propose(self, context: Sequence[int], budget: int, depth: int) -> list[Draft]:
-        self._index(context)
-        here = len(context)
+        self.seen.sync(context)
+        matched = self.seen.ends(context[-self.max_n:], self.max_n)
+        if len(matched) < self.min_n:
+            return []
+        n = len(matched)  # the longest match only: shorter ones mostly repeat it, worse
+        guess = 0.9 if n >= 3 else 0.6 if n == 2 else 0.3
         out: dict[tuple[int, ...], Draft] = {}
-        for n in range(min(self.max_n, here), self.min_n - 1, -1):
-            ends = [e for e in self.index.get(tuple(context[here - n:]), ()) if e < here]
-            firsts: set[int] = set()
-            for end in reversed(ends):
-                run = tuple(context[end:end + depth])
-                if not run or run[0] in firsts:
-                    continue
-                firsts.add(run[0])
-                for k in range(1, len(run) + 1):
-                    path = run[:k]
-                    if path not in out:
-                        out[path] = Draft(path, 0.9 if n >= 3 else 0.6 if n == 2 else 0.3,
-                                          f"prompt:n{n}:d{min(k, 4)}")
-                if len(firsts) >= self.width or len(out) >= budget:
-                    break
-            if out:
-                break  # the longest match only: shorter ones mostly repeat it, worse
+        firsts: set[int] = set()
+        for end in matched[-1][::-1].tolist():  # the most recent first
+            run = tuple(context[end:end + depth])
+            if not run or run[0] in firsts:
+                continue
+            firsts.add(run[0])
+            for k in range(1, len(run) + 1):
+                path = run[:k]
+                if path not in out:
+                    out[path] = Draft(path, guess, f"prompt:n{n}:d{min(k, 4)}")
+            if len(firsts) >= self.width or len(out) >= budget:
+                break
         return list(out.values())[:budget]
 
     def verified(self, tokens: Tensor, logits: Tensor) -> None:
         pass
 
     def finish(self, context: Sequence[int]) -> None:
-        self.index, self.indexed = defaultdict(list), 0
+        self.seen.reset()
 
     def nbytes(self) -> int:
         return 0  # nothing outlives a request
@@ -119,19 +160,20 @@ class NGramDrafter:
     """Counts of the token after each n-gram (n from `max_n` down to 1). A draft follows the
     most frequent next token of the longest n-gram whose count is at least `min_count` and whose
     top share is at least `min_share`, token after token. `per_request` counts the context
-    (reset with each request); otherwise the counts are fed each finished request's prompt and
-    output and kept, up to `max_keys` n-grams (when full, the oldest go, down to half)."""
+    (looked up where the n-gram occurs in it, `ContextTokens`); otherwise the counts are fed each
+    finished request's prompt and output and kept, up to `max_keys` n-grams (when full, the
+    oldest go, down to half)."""
 
     def __init__(self, name: str, per_request: bool, max_n: int = 3, min_count: int = 2,
                  min_share: float = 0.5, max_keys: int = 100_000):
         self.name, self.per_request = name, per_request
         self.max_n, self.min_count, self.min_share, self.max_keys = max_n, min_count, min_share, max_keys
-        self.counts: dict[tuple[int, ...], dict[int, int]] = {}
-        self.counted = 0
+        self.counts: dict[tuple[int, ...], dict[int, int]] = {}  # across requests
+        self.seen = ContextTokens()                              # this request's context
 
-    def _count(self, context: Sequence[int], start: int) -> None:
+    def _count(self, context: Sequence[int]) -> None:
         counts = self.counts
-        for i in range(max(start, 1), len(context)):
+        for i in range(1, len(context)):
             nxt = context[i]
             for n in range(1, min(self.max_n, i) + 1):
                 key = tuple(context[i - n:i])
@@ -144,21 +186,28 @@ class NGramDrafter:
                 del counts[key]
 
     def begin(self, context: Sequence[int]) -> None:
-        if self.per_request:
-            self.counts, self.counted = {}, 0  # counted at the first proposal, as PromptLookup
+        self.seen.reset()
 
     def extend(self, context: Sequence[int], new: int) -> None:
-        pass  # `propose` counts what it has not seen
+        pass  # `propose` takes what it has not seen
 
     def finish(self, context: Sequence[int]) -> None:
+        self.seen.reset()
         if not self.per_request:
-            self._count(context, 0)
+            self._count(context)
 
-    def _next(self, context: Sequence[int]) -> tuple[int, float, int] | None:
-        for n in range(min(self.max_n, len(context)), 0, -1):
-            row = self.counts.get(tuple(context[len(context) - n:]))
-            if not row:
-                continue
+    def _rows(self, tail: Sequence[int]) -> list[tuple[int, dict[int, int]]]:
+        """(n, next-token counts) for the n-grams ending `tail`, the longest first."""
+        if self.per_request:  # ties go to the token seen first, as in the counts across requests
+            found = self.seen.ends(tail, self.max_n)
+            return [(n, Counter(self.seen.tokens[ends].tolist()))
+                    for n, ends in reversed(list(enumerate(found, start=1)))]
+        rows = ((n, self.counts.get(tuple(tail[len(tail) - n:])))
+                for n in range(min(self.max_n, len(tail)), 0, -1))
+        return [(n, row) for n, row in rows if row]
+
+    def _next(self, tail: Sequence[int]) -> tuple[int, float, int] | None:
+        for n, row in self._rows(tail):
             total = sum(row.values())
             token, count = max(row.items(), key=lambda kv: kv[1])
             if total >= self.min_count and count / total >= self.min_share:
@@ -166,9 +215,8 @@ class NGramDrafter:
         return None
 
     def propose(self, context: Sequence[int], budget: int, depth: int) -> list[Draft]:
-        if self.per_request and self.counted < len(context):
-            self._count(context, self.counted)
-            self.counted = len(context)
+        if self.per_request:
+            self.seen.sync(context)
         tail = list(context[-self.max_n:])
         path: tuple[int, ...] = ()
         out = []
@@ -200,9 +248,8 @@ class TokenRecycling:
     name = "recycle"
 
     def __init__(self, vocab: int, k: int = 6):
-        self.k = k
-        self.table = torch.full((vocab, k), -1, dtype=torch.int32)
-        self.rows: list[list[int]] = [[] for _ in range(vocab)]  # the table, as Python lists
+        self.vocab, self.k = vocab, k
+        self.rows: list[list[int]] = [[] for _ in range(vocab)]  # by token: its top k, best first
         self.guess = [0.5 / (r + 1) for r in range(k)]
 
     def begin(self, context: Sequence[int]) -> None:
@@ -215,9 +262,7 @@ class TokenRecycling:
         pass
 
     def verified(self, tokens: Tensor, logits: Tensor) -> None:
-        vocab = self.table.shape[0]
-        top = logits[:, :vocab].topk(self.k, dim=-1).indices.to(torch.int32)
-        self.table[tokens.long()] = top
+        top = logits[:, :self.vocab].topk(self.k, dim=-1).indices
         for token, row in zip(tokens.tolist(), top.tolist()):
             self.rows[token] = row
 
@@ -236,7 +281,7 @@ class TokenRecycling:
         return out
 
     def nbytes(self) -> int:
-        return self.table.numel() * 4 + sum(28 * len(row) + 56 for row in self.rows)
+        return sum(28 * len(row) + 56 for row in self.rows)  # ints and list headers
 
 
 def registry(vocab: int) -> dict[str, Drafter]:

@@ -101,9 +101,12 @@ def choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
            vocab_limit: int | None, constraints: Sequence[Constraint]) -> int:
     """The next token from logits (vocab,) within the constraints, which then see it."""
     logits = logits[:vocab_limit]
-    for constraint in constraints:
-        logits = restrict(logits, constraint.allowed())
-    token = sample(logits, sampling, generator)
+    masks = [constraint.allowed() for constraint in constraints]
+    token = int(logits.argmax()) if sampling.temperature == 0 else -1
+    if token < 0 or not all(m is None or (token < m.numel() and bool(m[token])) for m in masks):
+        for mask in masks:  # greedy: an argmax every constraint allows is theirs as well
+            logits = restrict(logits, mask)
+        token = sample(logits, sampling, generator)
     for constraint in constraints:
         constraint.advance(token)
     return token

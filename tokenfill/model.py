@@ -190,8 +190,10 @@ class Attention(nn.Module):
                                                enable_gqa=self.n_kv != self.n_head)
         else:
             k, v = cache.update(layer, start, k, v)
-            if T >= LONG_QUERIES:  # a prompt: the fused kernel is faster
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+            if T >= LONG_QUERIES:  # a prompt: the fused kernel is faster, and faster still
+                # with its own causal mask (a prompt from the start comes without one: 3.7 ms
+                # against 5.2 ms per layer for 615 tokens)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                    enable_gqa=self.n_kv != self.n_head)
             else:
                 y = grouped_attention(q, k, v, mask)
@@ -265,13 +267,26 @@ class Transformer(nn.Module):
             use_threads_for(B * T)
         if positions is None:
             positions = torch.arange(start, start + T, device=tokens.device)
-        if cache is not None and mask is None and T > 1:
-            mask = causal_mask(start, T).to(tokens.device)
+        if cache is not None and mask is None and T > 1 and not (start == 0 and T >= LONG_QUERIES):
+            mask = causal_mask(start, T).to(tokens.device)  # (a long prompt from the start: none)
         cos, sin = rope_tables(self.config, positions)
         x = self.embed_tokens(tokens)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, cache, i, start)
         return self.lm_head(self.norm(x)).float()
+
+    def transpose_projections(self) -> None:
+        """Keep each fp32 projection's weight (out, in) in memory as the transpose of an (in, out)
+        array: the same values and names, but MKL's products with few rows (decoding steps,
+        draft trees) run 10-30% faster that way (measured, BENCHMARKS.md). A weight tied to the
+        embedding stays as it is: looking rows up in the transposed layout is slower."""
+        tied = self.lm_head.weight is self.embed_tokens.weight
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32 and not (
+                    tied and module is self.lm_head):
+                weight = module.weight
+                module.weight = nn.Parameter(weight.detach().t().contiguous().t(),
+                                             requires_grad=weight.requires_grad)
 
     def new_cache(self, batch: int = 1, max_seq: int | None = None) -> KVCache:
         max_seq = max_seq or self.config.max_position_embeddings

@@ -38,7 +38,7 @@ class Speculator:
     model: the token recycling table and the request history belong to it). Trees hold at most
     `max_nodes` nodes, `max_depth` deep; within that, `DraftTree.build` sizes them."""
 
-    def __init__(self, vocab: int, drafters: Sequence[str] = DRAFTERS, max_depth: int = 16,
+    def __init__(self, vocab: int, drafters: Sequence[str] = DRAFTERS, max_depth: int = 32,
                  max_nodes: int = 64):
         unknown = set(drafters) - set(DRAFTERS)
         if unknown:
@@ -48,16 +48,22 @@ class Speculator:
         self.rates = AcceptanceRates()
         self.cost = PassCost()
         self.max_depth, self.max_nodes = max_depth, max_nodes
+        self.kept = max_nodes  # nodes in the last tree
 
     def nbytes(self) -> int:
         return sum(d.nbytes() for d in self.drafters)
 
     def tree(self, context: Sequence[int], budget: int, depth: int | None = None) -> DraftTree:
-        """The step's draft tree: at most `budget` nodes, paths at most `depth` tokens deep."""
+        """The step's draft tree: at most `budget` nodes, paths at most `depth` tokens deep.
+        The drafters are asked for a few more nodes than the last tree kept (sized by its cost,
+        `DraftTree.build`), not for the whole budget: proposals the cut would drop cost time."""
         depth = self.max_depth if depth is None else min(depth, self.max_depth)
-        drafts = [d for drafter in self.drafters for d in drafter.propose(context, budget, depth)
+        ask = min(budget, 2 * self.kept + 8)
+        drafts = [d for drafter in self.drafters for d in drafter.propose(context, ask, depth)
                   ] if depth > 0 else []
-        return DraftTree.build(context[-1], drafts, self.rates, budget, self.cost)
+        tree = DraftTree.build(context[-1], drafts, self.rates, budget, self.cost)
+        self.kept = len(tree)
+        return tree
 
     @torch.inference_mode()
     def generate(self, model: Transformer, prompt: list[int], max_new_tokens: int, *,
@@ -101,8 +107,11 @@ class Speculator:
             tree = self.tree(context, min(self.max_nodes, room), left - 1)
             tokens = torch.tensor(tree.tokens)
             t1 = time.perf_counter()
-            logits = model(tokens[None], pos, cache, positions=tree.positions(pos),
-                           mask=tree.mask(pos))[0]
+            if len(tree) == 1:  # nothing worth drafting: a plain step
+                logits = model(tokens[None], pos, cache)[0]
+            else:
+                logits = model(tokens[None], pos, cache, positions=tree.positions(pos),
+                               mask=tree.mask(pos))[0]
             self.cost.observe(len(tree), time.perf_counter() - t1)
             out.forwards += 1
             for drafter in self.drafters:

@@ -10,8 +10,14 @@ used, so every runtime decodes the same prompt.
 
 Reported: whether speculative and plain outputs are identical; mean accepted draft tokens per
 decoding pass; generated tokens per second of decoding (prefill excluded); ms per completion
-(p50, p95; prefill included); the drafters' memory; and a plot of where the accepted tokens
+(p50, p95, mean) from the prompt ids, prefill and decoding, as `transformers` is timed, over the
+holes that generated anything; apart, what tokenfill spends before that, turning the text at the
+cursor into the prompt (syntax analysis, fitting the context, tokenizing); the drafters' memory; and a plot of where the accepted tokens
 came from, by drafter and hole kind (a token two drafters proposed counts for both).
+
+Where the speed-up goes: the cost of one forward pass by the tokens in it (`pass_costs`, sizes
+interleaved so that the machine's load falls on all alike), and for each kind the ceiling those
+costs allow at the tokens and tree nodes observed per pass: tokens per pass x cost(1) / cost(nodes).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from .bench import REPO_ROOT, header, percentile, same_threads
 from .completion import Engine
 from .drafters import DRAFTERS
 from .hardware import resolve_dtype
+from .model import Transformer, causal_mask
 
 HUMANEVAL_MULTI = (REPO_ROOT.parent / "shared" / "data" / "humaneval-infilling" /
                    "HumanEval-MultiLineInfilling.jsonl.gz")
@@ -71,8 +78,10 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
         r["tokens"].append(plain.tokens)
         r["plain_decode_s"].append(plain.decode_ms / 1000)
         r["spec_decode_s"].append(fast.decode_ms / 1000)
-        r["plain_ms"].append(plain.total_ms)
-        r["spec_ms"].append(fast.total_ms)
+        if plain.tokens > 0:  # timed from the prompt ids, as transformers is
+            r["plain_ms"].append(plain.prefill_ms + plain.decode_ms)
+            r["spec_ms"].append(fast.prefill_ms + fast.decode_ms)
+            r["text_ms"].append(fast.total_ms - fast.prefill_ms - fast.decode_ms)
         r["forwards"].append(fast.forwards)
         r["accepted"].append(fast.accepted)
         r["drafted"].append(fast.drafted)
@@ -84,9 +93,14 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
                 r[label].append(_hf_generate(hf, prompt, plain.tokens, extra))
     memory = engine.speculator.nbytes()
     table = _table(rows, hf is not None)
+    cached = max(1, min(600, engine.model.config.max_position_embeddings - 64))
+    costs = pass_costs(engine.model, cached)
     lines = [header(f"tokenfill bench speculative --per-kind {per_kind}"),
              f"greedy, at most {max_tokens} tokens, `--cursor-mode none`; {len(cases)} holes; "
-             "tokens/s over decoding only, ms per completion with the prompt included.", "",
+             "tokens/s over decoding only; ms per completion from the prompt ids (prefill and "
+             "decoding, as `transformers` is timed) over the holes that generated anything; "
+             "text to prompt: what tokenfill spends before that (syntax analysis, fitting the "
+             "context, tokenizing).", "",
              *table, "",
              f"Drafters' memory kept across requests after the run: {memory / 2**20:.2f} MB "
              f"(drafters: {', '.join(DRAFTERS)}).",
@@ -99,8 +113,9 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
         passes = max(sum(r["forwards"]), 1)
         lines.append(f"| {kind} | " + " | ".join(f"{by_drafter[kind][name] / passes:.2f}"
                                                   for name in DRAFTERS) + " |")
+    lines += ["", *_cost_table(rows, costs, cached)]
     if plot is not None:
-        _plot(rows, by_drafter, plot)
+        _plot(rows, by_drafter, costs, plot)
         shown = plot.relative_to(REPO_ROOT) if plot.is_relative_to(REPO_ROOT) else plot
         lines += ["", f"Plot: `{shown}`."]
     return "\n".join(lines)
@@ -109,7 +124,8 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
 def _table(rows: dict[str, dict[str, list]], with_hf: bool) -> list[str]:
     head = ("| holes | n | identical | mean tokens | accepted per pass | plain tokens/s | "
             "speculative tokens/s | speed-up | plain ms p50 / p95 / mean | speculative ms")
-    head += " | transformers ms | transformers + prompt lookup ms |" if with_hf else " |"
+    head += " | transformers ms | transformers + prompt lookup ms" if with_hf else ""
+    head += " | text to prompt ms |"
     out = [head, "| --- " * (head.count("|") - 1) + "|"]
     total: dict[str, list] = defaultdict(list)
     for kind in [*rows, "all"]:
@@ -132,7 +148,62 @@ def _table(rows: dict[str, dict[str, list]], with_hf: bool) -> list[str]:
                 f"{ms('plain_ms')} | {ms('spec_ms')} |")
         if with_hf:
             line += f" {ms('hf_ms')} | {ms('hf_pld_ms')} |"
+        line += f" {percentile(r['text_ms'], 0.5):.1f} / {percentile(r['text_ms'], 0.95):.1f} |"
         out.append(line)
+    return out
+
+
+def pass_costs(model: Transformer, context: int = 600,
+               sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), rounds: int = 30) -> dict[int, float]:
+    """Median ms of one forward pass of T tokens after `context` cached ones: one token as a plain
+    step, more as a draft tree (a chain, with its mask and positions). The sizes take turns, round
+    after round, so that the machine's load falls on all of them alike."""
+    cache = model.new_cache(1, context + max(sizes))
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    times: dict[int, list[float]] = {T: [] for T in sizes}
+    with torch.inference_mode():
+        model(torch.randint(0, vocab, (1, context), generator=g), 0, cache)
+        for _ in range(rounds):
+            for T in sizes:
+                tokens = torch.randint(0, vocab, (1, T), generator=g)
+                tree = {} if T == 1 else {"positions": torch.arange(context, context + T),
+                                          "mask": causal_mask(context, T)}
+                start = time.perf_counter()
+                model(tokens, context, cache, **tree)
+                times[T].append((time.perf_counter() - start) * 1000)
+    return {T: percentile(v, 0.5) for T, v in times.items()}
+
+
+def cost_at(costs: dict[int, float], T: float) -> float:
+    """Pass cost at T tokens, linear between the sizes measured (and past the last two)."""
+    sizes = sorted(costs)
+    for lo, hi in zip(sizes, sizes[1:]):
+        if T <= hi or hi == sizes[-1]:
+            return costs[lo] + (costs[hi] - costs[lo]) * (T - lo) / (hi - lo)
+    return costs[sizes[0]]
+
+
+def _cost_table(rows: dict[str, dict[str, list]], costs: dict[int, float], cached: int) -> list[str]:
+    one = costs[min(costs)]
+    out = [f"Cost of one forward pass by the tokens in it, {cached} tokens cached (median of 30 "
+           "interleaved rounds; one token runs as a plain step):", "",
+           "| tokens in the pass | " + " | ".join(str(T) for T in costs) + " |",
+           "| --- |" + " --- |" * len(costs),
+           "| ms | " + " | ".join(f"{ms:.2f}" for ms in costs.values()) + " |",
+           "| x one token | " + " | ".join(f"{ms / one:.2f}" for ms in costs.values()) + " |",
+           "", "What those costs allow: tokens per pass (accepted + 1) x cost(1) / cost(nodes per "
+           "pass), against the speed-up measured (the rest goes to drafting, building trees, the "
+           "stop rule and each request's set-up):", "",
+           "| holes | tokens per pass | nodes per pass | ceiling from pass costs | measured |",
+           "| --- | --- | --- | --- | --- |"]
+    for kind, r in rows.items():
+        passes = max(sum(r["forwards"]), 1)
+        tokens = 1 + sum(r["accepted"]) / passes
+        nodes = 1 + sum(r["drafted"]) / passes
+        measured = sum(r["plain_decode_s"]) / max(sum(r["spec_decode_s"]), 1e-9)
+        out.append(f"| {kind} | {tokens:.2f} | {nodes:.1f} | "
+                   f"{tokens * one / cost_at(costs, nodes):.2f}x | {measured:.2f}x |")
     return out
 
 
@@ -156,14 +227,15 @@ def _hf_generate(hf, prompt: list[int], n: int, extra: dict) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def _plot(rows: dict[str, dict[str, list]], by_drafter: dict[str, dict[str, int]], path: Path) -> None:
+def _plot(rows: dict[str, dict[str, list]], by_drafter: dict[str, dict[str, int]],
+          costs: dict[int, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     kinds = list(rows)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right, third) = plt.subplots(1, 3, figsize=(16, 4))
     width = 0.8 / len(DRAFTERS)
     for k, name in enumerate(DRAFTERS):
         values = [by_drafter[kind][name] / max(sum(rows[kind]["forwards"]), 1) for kind in kinds]
@@ -181,6 +253,16 @@ def _plot(rows: dict[str, dict[str, list]], by_drafter: dict[str, dict[str, int]
     right.set_ylabel("decoding speed-up (plain / speculative time)")
     right.set_title("Speed-up per hole")
     right.legend()
+    third.plot(list(costs), list(costs.values()), marker="o", color="black")
+    for kind in kinds:
+        r = rows[kind]
+        nodes = 1 + sum(r["drafted"]) / max(sum(r["forwards"]), 1)
+        third.scatter([nodes], [cost_at(costs, nodes)], s=40, zorder=3, label=f"{kind} (mean tree)")
+    third.set_xscale("log", base=2)
+    third.set_xlabel("tokens in the pass")
+    third.set_ylabel("ms per forward pass")
+    third.set_title("What a pass costs")
+    third.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

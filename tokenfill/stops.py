@@ -71,6 +71,7 @@ class StopRule:
         self.data = b""
         self.cut: int | None = None  # characters of the generated text to keep, once decided
         self.matched = ""            # the stop string that ended the completion, if one did
+        self._resume: tuple | None = None  # where the next scan goes on from
 
     def __call__(self, token: int) -> bool:
         return self.feed(self.token_bytes[token])
@@ -126,18 +127,34 @@ class StopRule:
 
     def scan(self, text: str) -> int | None:
         """Line mode's cuts, and the bracket and quote cuts of both modes: one pass over the text
-        that follows strings, comments and brackets from the cursor's state."""
+        that follows strings, comments and brackets from the cursor's state. The text only grows
+        as tokens come, so the pass goes on from where the last one left off (before the last
+        few characters, which later ones can still change); `scan_from(text, None)` is the
+        pass from the start that it equals."""
+        if self._resume is not None and self._resume[0] > len(text):
+            self._resume = None  # not an extension of the text seen before
+        cut, self._resume = self.scan_from(text, self._resume)
+        return cut
+
+    def scan_from(self, text: str, state: tuple | None) -> tuple[int | None, tuple | None]:
+        """The scan's cut, and the state to go on from next time: (position, open quote, own
+        brackets, in the cursor's string, brackets the suffix closes, in a comment)."""
         ctx = self.ctx
-        quote = ctx.string.lstrip("rRbBuUfF") if ctx.string else None
-        own: list[str] = []                     # brackets the completion opened
-        in_cursor_string, closes, comment = quote is not None, ctx.suffix_closes, ctx.in_comment
         rest = self.rest if self.mode == "line" else ""
-        i = 0
+        if state is None:
+            quote = ctx.string.lstrip("rRbBuUfF") if ctx.string else None
+            state = (0, quote, (), quote is not None, ctx.suffix_closes, ctx.in_comment)
+        i, quote, own_, in_cursor_string, closes, comment = state
+        own = list(own_)                        # brackets the completion opened
+        settled = len(text) - len(rest) - 3     # positions whose outcome later text cannot change
+        resume = state
         while i < len(text):
+            if i <= settled:
+                resume = (i, quote, tuple(own), in_cursor_string, closes, comment)
             if rest and not own and quote is None and not comment and \
                     text.startswith(rest, i) and text[i + len(rest):i + len(rest) + 1] in ("", "\n"):
                 lead = self.rest_lead            # the suffix's rest of the line, written again
-                return i - len(lead) if lead and text[:i].endswith(lead) else i
+                return (i - len(lead) if lead and text[:i].endswith(lead) else i), resume
             c = text[i]
             if comment:
                 comment = c != "\n"
@@ -147,13 +164,13 @@ class StopRule:
                     continue
                 if text.startswith(quote, i):
                     if in_cursor_string and self.rest.startswith(quote):
-                        return i                # the suffix closes the cursor's string
+                        return i, resume        # the suffix closes the cursor's string
                     i += len(quote)
                     quote, in_cursor_string = None, False
                     continue
                 if c == "\n" and self.mode == "line" and not own and \
                         (len(quote) == 1 or in_cursor_string):
-                    return i                    # a one-line string left open, or a docstring's line
+                    return i, resume            # a one-line string left open, or a docstring's line
                 if c == "\n" and len(quote) == 1:
                     quote, in_cursor_string = None, False  # an unterminated one-line string
             elif c == "#":
@@ -169,13 +186,13 @@ class StopRule:
                     if own[-1] == CLOSERS[c]:
                         own.pop()
                 elif closes and closes[0] == c:
-                    return i                    # the suffix closes this bracket already
+                    return i, resume            # the suffix closes this bracket already
                 else:
                     closes = ""                 # the completion closes a bracket itself
             if c == "\n" and self.mode == "line" and not own and quote is None:
-                return i                        # the end of the statement
+                return i, resume                # the end of the statement
             i += 1
-        return None
+        return None, resume
 
     def block_cut(self, text: str) -> int | None:
         ctx = self.ctx

