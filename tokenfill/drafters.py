@@ -12,13 +12,16 @@ source can replace the guess (`AcceptanceRates`).
   followed while they clear a minimum count and a minimum share.
 - `TokenRecycling`: the model's own top next tokens after each token, from every verification
   pass (rejected branches too), kept across requests.
+
+The first two find where the last few tokens occurred before in `ContextTokens`, the request's
+tokens in an array: one vectorised comparison per lookup, nothing indexed per request.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -196,15 +199,17 @@ class NGramDrafter:
         if not self.per_request:
             self._count(context)
 
-    def _rows(self, tail: Sequence[int]) -> list[tuple[int, dict[int, int]]]:
+    def _rows(self, tail: Sequence[int]) -> Iterator[tuple[int, dict[int, int]]]:
         """(n, next-token counts) for the n-grams ending `tail`, the longest first."""
         if self.per_request:  # ties go to the token seen first, as in the counts across requests
             found = self.seen.ends(tail, self.max_n)
-            return [(n, Counter(self.seen.tokens[ends].tolist()))
-                    for n, ends in reversed(list(enumerate(found, start=1)))]
-        rows = ((n, self.counts.get(tuple(tail[len(tail) - n:])))
-                for n in range(min(self.max_n, len(tail)), 0, -1))
-        return [(n, row) for n, row in rows if row]
+            for n in range(len(found), 0, -1):
+                yield n, Counter(self.seen.tokens[found[n - 1]].tolist())
+            return
+        for n in range(min(self.max_n, len(tail)), 0, -1):
+            row = self.counts.get(tuple(tail[len(tail) - n:]))
+            if row:
+                yield n, row
 
     def _next(self, tail: Sequence[int]) -> tuple[int, float, int] | None:
         for n, row in self._rows(tail):

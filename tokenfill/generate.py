@@ -102,9 +102,11 @@ def choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
     """The next token from logits (vocab,) within the constraints, which then see it."""
     logits = logits[:vocab_limit]
     masks = [constraint.allowed() for constraint in constraints]
+    # Greedy: an argmax that every constraint allows is the restricted logits' argmax as well,
+    # so the masks are applied only when it is not.
     token = int(logits.argmax()) if sampling.temperature == 0 else -1
     if token < 0 or not all(m is None or (token < m.numel() and bool(m[token])) for m in masks):
-        for mask in masks:  # greedy: an argmax every constraint allows is theirs as well
+        for mask in masks:
             logits = restrict(logits, mask)
         token = sample(logits, sampling, generator)
     for constraint in constraints:
