@@ -152,3 +152,13 @@ def test_transposed_projections_keep_values_names_and_ties():
         assert up.stride() == (1, up.shape[0])  # (out, in) seen through a transpose
         assert (model.lm_head.weight is model.embed_tokens.weight) == tie
         assert model.embed_tokens.weight.is_contiguous()
+
+
+def test_keep_returns_the_last_positions_logits(tiny_model):
+    tokens = torch.randint(0, tiny_model.config.vocab_size, (1, 70))
+    with torch.no_grad():
+        full = tiny_model(tokens, 0, tiny_model.new_cache(1, 70))
+        for keep in (1, 3, 70):
+            got = tiny_model(tokens, 0, tiny_model.new_cache(1, 70), keep=keep)
+            assert got.shape[1] == keep
+            torch.testing.assert_close(got, full[:, 70 - keep:], atol=1e-5, rtol=0)

@@ -90,8 +90,8 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
                 prefill(ours, ours.new_cache(1, prompt_len), prompt)
 
         def hf_prefill():
-            with torch.inference_mode():
-                hf(x, use_cache=True)
+            with torch.inference_mode():  # the last position's logits, as ours (and generate)
+                hf(x, use_cache=True, logits_to_keep=1)
 
         def ours_decode():
             return generate(ours, short, new_tokens).tokens

@@ -438,13 +438,15 @@ class ModelScorer:
             mask[row, [self.slot[n[:d]] for d in range(1, len(n) + 1)]] = True
         positions = torch.tensor([*range(start, P), *(P + len(n) - 1 for n in nodes)])
         tokens = torch.tensor([[*tail, *(n[-1] for n in nodes)]])
-        logits = self.model(tokens, start, self.cache, positions=positions, mask=mask)[0]
+        first = bool(tail)  # the prompt's last token, then the nodes: the logits needed
+        logits = self.model(tokens, start, self.cache, positions=positions, mask=mask,
+                            keep=len(nodes) + first)[0]
         self.passes += 1
         if tail:
-            self._keep((), logits[len(tail) - 1])
+            self._keep((), logits[0])
             self.tail = []
         for k, n in enumerate(nodes):
-            self._keep(n, logits[len(tail) + k])
+            self._keep(n, logits[first + k])
         self.end += len(nodes)
 
     def _keep(self, node: tuple[int, ...], logits: Tensor) -> None:

@@ -90,7 +90,7 @@ def restrict(logits: Tensor, allowed: Tensor | None) -> Tensor:
 
 def prefill(model: Transformer, cache: KVCache, ids: list[int], start: int = 0) -> Tensor:
     """Run `ids` into the cache at [start, start+len(ids)); logits (vocab,) after the last one."""
-    return model(torch.tensor([ids]), start, cache)[0, -1]
+    return model(torch.tensor([ids]), start, cache, keep=1)[0, -1]
 
 
 def decode_one(model: Transformer, cache: KVCache, token: int, pos: int) -> Tensor:

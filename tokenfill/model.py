@@ -254,13 +254,16 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, *,
-                positions: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                positions: Tensor | None = None, mask: Tensor | None = None,
+                keep: int | None = None) -> Tensor:
         """Logits (B, T, vocab) in float32 for `tokens` (B, T) placed at cache positions [start, start+T).
 
         Without a cache: a plain causal pass (training). With a cache: keys and values are written
         at [start, start+T) and each query attends to everything before it. `positions` (T,)
         overrides the RoPE positions and `mask` (T, start+T) bool the attention pattern: both are
         for draft trees, whose nodes sit in cache slots but at positions given by their depth.
+        `keep` returns the logits of the last `keep` positions only (B, keep, vocab): a prompt
+        needs its last one's, and the output layer is a quarter of a prompt's work.
         """
         B, T = tokens.shape
         if cache is not None:  # inference: small passes on one thread (hardware.py)
@@ -273,6 +276,8 @@ class Transformer(nn.Module):
         x = self.embed_tokens(tokens)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, cache, i, start)
+        if keep is not None:
+            x = x[:, x.shape[1] - keep:]
         return self.lm_head(self.norm(x)).float()
 
     def transpose_projections(self) -> None:
