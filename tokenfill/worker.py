@@ -132,9 +132,10 @@ _TRIM = _malloc_trim()
 
 def _few_arenas(arenas: int = 2) -> None:
     """glibc gives each thread that allocates (the event loop, the worker, jedi's) its own heap,
-    whose freed pages linger; a server that needs few threads' worth of heaps keeps fewer
-    (measured after six 20-second phases of the typing load: resident memory +9% on average,
-    against +12% with glibc's default)."""
+    whose freed pages linger; a server that needs few threads' worth of heaps keeps fewer.
+    (Six 20-second phases of the typing load: resident memory +9% on average, against +12% with
+    glibc's default; a noisy figure, taken before prompts stopped computing every position's
+    logits, which was the main cause of the growth.)"""
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc
