@@ -107,6 +107,29 @@ def test_complete_without_syntax_decodes_raw(tmp_path, model_dir):
     assert off.stdout.rstrip("\n").startswith(on.stdout.rstrip("\n"))
 
 
+def test_ngrams_builds_the_table_the_engine_then_drafts_from(tmp_path, model_dir):
+    import shutil
+
+    from tokenfill.completion import Engine
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("def add(a, b):\n    return a + b\n" * 5)
+    result = run("ngrams", repo, "--model", model, "--min-count", 2)
+    assert result.returncode == 0, result.stderr
+    assert "ngrams.safetensors" in result.stdout and "from 1 files" in result.stdout
+    drafter = next(d for d in Engine.load(model, dtype="fp32").speculator.drafters
+                   if d.name == "corpus")
+    assert drafter.table is not None and len(drafter.table) > 0
+    for corpus, checkpoint, message in ((tmp_path / "none", model, "no such corpus"),
+                                        (model, model, "no Python files"),
+                                        (repo, repo, "no tokenizer.json")):
+        result = run("ngrams", corpus, "--model", checkpoint)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_batch_missing_input(tmp_path, model_dir):
     result = run("batch", tmp_path / "none.jsonl", "-o", tmp_path / "o.jsonl", "--model", model_dir)
     assert result.returncode == 2 and "no such file" in result.stderr

@@ -70,3 +70,14 @@ def test_pass_cost_fits_trees_and_keeps_the_plain_step_apart():
     tree = DraftTree.build(1, [Draft((5,), 0.9, "a"), Draft((5, 6), 0.9, "a")], AcceptanceRates(),
                            budget=8, cost=cost)
     assert len(tree) == 3
+
+
+def test_a_tree_timed_during_a_stall_does_not_price_trees_out_for_good():
+    cost = PassCost()
+    cost.observe(8, 0.5)       # the first tree took half a second (a stall)
+    for _ in range(20):
+        cost.observe(1, 0.005)  # then only plain steps run
+    assert cost(8) <= 0.005 * (1 + PassCost.MAX_SLOPE * 8) + 1e-9
+    tree = DraftTree.build(1, [Draft((5,), 0.9, "a"), Draft((5, 6), 0.9, "a")], AcceptanceRates(),
+                           budget=8, cost=cost)
+    assert len(tree) == 3  # likely drafts still make a tree, whose timing then corrects the fit

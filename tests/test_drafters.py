@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
-from tokenfill.drafters import (DRAFTERS, ContextTokens, NGramDrafter, PromptLookup,
-                                TokenRecycling, reference_ends, registry)
+from tokenfill.corpus_ngrams import NGramTable
+from tokenfill.drafters import (DRAFTERS, ContextTokens, CorpusDrafter, NGramDrafter,
+                                PromptLookup, TokenRecycling, reference_ends, registry)
 
 
 def paths(drafts):
@@ -86,6 +88,26 @@ def test_recycling_learns_the_models_top_tokens_from_verification():
     got = paths(recycle.propose([4], budget=6, depth=2))
     assert got[0] == (7,) and (7, 4) in got and (8,) in got
     assert len(got) <= 6 and all(len(p) <= 2 for p in got)
+
+
+def test_corpus_drafter_follows_the_table_while_the_path_is_likely():
+    # after 1 2 comes 3 (3 of 3), after 2 3 comes 4 (3 of 4), after 3 4 comes 5 (2 of 3)...
+    docs = [[1, 2, 3, 4, 5, 6]] * 2 + [[1, 2, 3, 4, 9]] + [[7, 2, 3, 8]]
+    table = NGramTable.build(docs, min_count=2, min_share=0.3)
+    drafter = CorpusDrafter(table)
+    got = drafter.propose([0, 1, 2], budget=10, depth=10)
+    assert [d.path for d in got] == [(3,), (3, 4), (3, 4, 5), (3, 4, 5, 6)]
+    assert [d.source.split(":")[0] for d in got] == ["corpus"] * 4
+    assert got[1].guess == pytest.approx(0.75, abs=0.01)  # the share: 3 of the 4 after `2 3`
+    assert len(drafter.propose([0, 1, 2], budget=2, depth=10)) == 2
+    assert len(drafter.propose([0, 1, 2], budget=10, depth=1)) == 1
+    assert [d.path for d in CorpusDrafter(table, floor=0.6).propose([1, 2], 10, 10)] == [(3,), (3, 4)]
+    assert drafter.propose([42], 10, 10) == []  # a context never seen
+    assert CorpusDrafter(None).propose([1, 2], 10, 10) == []  # a model without a table
+    assert drafter.nbytes() >= table.nbytes() > 0 and CorpusDrafter(None).nbytes() == 0
+    for k in range(5000):  # the lookups it remembers stay few
+        drafter.propose([k, k + 1], 10, 10)
+    assert len(drafter.memo) <= 4096
 
 
 def test_registry_has_every_drafter_fresh():

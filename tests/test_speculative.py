@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 import torch
 
+from tokenfill.corpus_ngrams import NGramTable
 from tokenfill.draft_tree import PassCost
 from tokenfill.generate import Sampling, generate, probabilities
 from tokenfill.model import reference_logits
@@ -65,6 +66,21 @@ def test_greedy_output_is_plain_greedy_output(tiny_model, tokenizer):
         assert fast.forwards <= plain.forwards
         accepted += fast.accepted
     assert accepted > 0  # drafts were accepted: the tree path ran, not only its fallback
+
+
+def test_greedy_output_with_a_corpus_table_is_plain_greedy_output(tiny_model, tokenizer):
+    """A table counted from the model's own outputs on other prompts drafts what it will write:
+    drafts from it are accepted, and the output stays plain greedy decoding's."""
+    outputs = [generate(tiny_model, p, 30).tokens for p in prompts(tokenizer, 40)[20:]]
+    table = NGramTable.build(outputs, min_count=2, min_share=0.3)
+    spec = Speculator(tokenizer.vocab_size, ngrams=table)
+    by_corpus = 0
+    for prompt in prompts(tokenizer, 20):
+        plain = generate(tiny_model, prompt, 30, end_ids=frozenset({0}))
+        fast = spec.generate(tiny_model, prompt, 30, end_ids=frozenset({0}))
+        assert fast.tokens == plain.tokens
+        by_corpus += fast.by_drafter.get("corpus", [0, 0])[1]
+    assert by_corpus > 0
 
 
 def test_cache_after_rejected_branches_equals_plain_decoding(tiny_model, tokenizer):
@@ -156,6 +172,7 @@ def test_seeded_sampling_gives_plain_samplings_output(tiny_model, tokenizer):
     """The walk draws each token with plain sampling's own draw: a seed gives the same output
     with or without speculation, whatever the drafters hold."""
     spec = Speculator(tokenizer.vocab_size)
+    spec.cost = FlatCost()  # trees at every step, whatever this machine's timings
     drafted = 0
     for k, prompt in enumerate(prompts(tokenizer, 8)):
         sampling = Sampling(temperature=0.9, top_p=0.95, seed=k)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
 from tokenfill import realcode, speculative_bench
+from tokenfill.corpus_ngrams import build_beside
 
 from .test_holes import FILES
 
@@ -18,6 +21,19 @@ def test_report_compares_speculative_and_plain(monkeypatch, model_dir, tmp_path)
     assert rows and "| 2/2 |" in rows[0]  # greedy outputs identical
     assert "Drafters' memory" in report and plot.stat().st_size > 0
     assert "| tokens in the pass | 1 | 2 |" in report and "ceiling from pass costs" in report
+    assert "What the corpus table adds" not in report  # the tiny model has none
+
+
+def test_report_shows_what_the_corpus_table_adds(monkeypatch, model_dir, tmp_path):
+    monkeypatch.setattr(realcode, "files", lambda: list(FILES))
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    build_beside(model, [text for _, text in FILES], min_count=1, progress=False)
+    report = speculative_bench.run(model, per_kind=2, max_tokens=8, compare_transformers=False,
+                                   progress=False, plot=None)
+    assert "What the corpus table adds" in report
+    assert any(line.startswith("| block-body | ") and line.count("x") >= 2 and " / " in line
+               for line in report.split("What the corpus table adds")[1].splitlines())
 
 
 def test_cost_interpolates_between_the_sizes_measured():

@@ -41,6 +41,8 @@ def test_loss_falls_and_export_loads(run_dir, tmp_path):
     assert "tokens seen" in card and f"{meta['final']['heldout_loss']:.3f}" in card
     engine = Engine.load(out, dtype="fp32")
     assert isinstance(engine.complete("def ", "\n", max_tokens=4).text, str)
+    corpus_drafter = next(d for d in engine.speculator.drafters if d.name == "corpus")
+    assert corpus_drafter.table is not None and len(corpus_drafter.table) > 0  # kept beside it
 
 
 def test_resume_continues_where_it_stopped(run_dir):

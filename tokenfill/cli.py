@@ -1,4 +1,4 @@
-"""The `tokenfill` command: complete, batch, train, corpus, bench, demo."""
+"""The `tokenfill` command: complete, batch, train, corpus, ngrams, bench, demo."""
 
 from __future__ import annotations
 
@@ -127,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("corpus", help="build the training corpus and print what it holds")
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
+
+    p = sub.add_parser("ngrams", help="build the corpus drafter's n-gram table beside a model "
+                       "(speculative decoding)")
+    p.add_argument("corpus", type=Path, help="code to count: a corpus from `tokenfill corpus` or "
+                   "`tokenfill train` (JSON lines, .gz or .xz too; its training split), or a "
+                   "directory (every .py file under it)")
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
+                   help="checkpoint directory: its tokenizer, and where the table is kept "
+                        "(default: the bundled model)")
+    p.add_argument("--min-count", type=int, default=3,
+                   help="keep a context seen at least this often (default 3)")
+    p.add_argument("--min-share", type=float, default=0.4,
+                   help="keep a context whose top next token has at least this share (default 0.4)")
 
     p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
     p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp", "cursor",
@@ -390,6 +403,26 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ngrams(args: argparse.Namespace) -> int:
+    from . import corpus_ngrams
+
+    if not (args.model / "tokenizer.json").is_file():
+        raise UsageError(f"{args.model}: no tokenizer.json (a checkpoint directory is needed)")
+    try:
+        texts = corpus_ngrams.source_texts(args.corpus)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from e
+    if not texts:
+        raise UsageError(f"{args.corpus}: no Python files to count")
+    table = corpus_ngrams.build_beside(args.model, texts, min_count=args.min_count,
+                                       min_share=args.min_share, source=args.corpus.name)
+    by_order = ", ".join(f"{n}: {count:,}" for n, count in table.by_order().items())
+    print(f"{args.model / corpus_ngrams.FILE}: {len(table):,} contexts ({by_order} tokens long), "
+          f"{table.nbytes() / 2**20:.1f} MB, from {len(texts):,} files, "
+          f"{table.info['tokens']:,} tokens")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
@@ -425,4 +458,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": cmd_serve, "lsp": cmd_lsp, "complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
-            "corpus": cmd_corpus, "bench": cmd_bench, "eval": cmd_eval}
+            "corpus": cmd_corpus, "ngrams": cmd_ngrams, "bench": cmd_bench, "eval": cmd_eval}

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from . import cursor, fim, utf8
+from . import corpus_ngrams, cursor, fim, utf8
 from .checkpoint import fim_layout, load_model
+from .corpus_ngrams import NGramTable
 from .generate import Generation, Sampling, generate, prefill
 from .hardware import resolve_dtype
 from .model import Transformer
@@ -57,7 +58,8 @@ class Completion:
 
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, name: str = "model",
-                 require_fim: bool = True, fim_layout: str = "psm"):
+                 require_fim: bool = True, fim_layout: str = "psm",
+                 ngrams: NGramTable | None = None):
         self.model = model
         self.tokenizer = tokenizer
         try:
@@ -68,7 +70,8 @@ class Engine:
             self.fim = None  # plain left-to-right completion only; a suffix is refused
         self.context = model.config.max_position_embeddings
         self.name = name
-        self.speculator = Speculator(len(tokenizer.token_bytes))  # its tables outlive requests
+        # its tables outlive requests; `ngrams` is the corpus drafter's table (corpus_ngrams.py)
+        self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams)
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
 
     @classmethod
@@ -79,7 +82,7 @@ class Engine:
             fim.detect(tokenizer)  # before the weights: fail fast on a checkpoint without FIM tokens
         model = load_model(directory, resolve_dtype(dtype))
         return cls(model, tokenizer, name=directory.name, require_fim=require_fim,
-                   fim_layout=fim_layout(directory))
+                   fim_layout=fim_layout(directory), ngrams=corpus_ngrams.beside(directory))
 
     @property
     def end_ids(self) -> frozenset[int]:

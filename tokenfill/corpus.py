@@ -13,6 +13,7 @@ import ast
 import gzip
 import hashlib
 import json
+import lzma
 import subprocess
 import sys
 import sysconfig
@@ -183,6 +184,7 @@ def build(manifest: Manifest, out: Path, *, cache: Path = DEFAULT_CACHE,
 
 
 def read(path: Path, split: str) -> list[str]:
-    """The texts of one split of a built corpus."""
-    with open(path) as f:
+    """The texts of one split of a built corpus (JSON lines, or the same compressed: .gz, .xz)."""
+    opener = {".gz": gzip.open, ".xz": lzma.open}.get(Path(path).suffix, open)
+    with opener(path, "rt") as f:
         return [doc["text"] for doc in map(json.loads, f) if doc["split"] == split]

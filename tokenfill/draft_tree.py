@@ -48,13 +48,17 @@ class PassCost:
     line: b = `slope` * a, put in seconds by the first pass timed. Apart, since one token takes a
     cheaper path through the matrix products (measured: 5.5 ms, against 7.2 ms for two)."""
 
+    MAX_SLOPE = 0.25  # measured: 0.04-0.06 per token (BENCHMARKS.md, pass costs)
+
     def __init__(self, slope: float = 0.03, prior: float = 4.0, decay: float = 0.98):
         self.decay = decay
         self.slope, self.prior = slope, prior
         self.sums: list[float] | None = None  # n, sum T, sum T^2, sum y, sum T*y
         self.step: float | None = None        # seconds for one token
+        self._line: tuple[float, float] | None = None  # (a, b), until the next pass is timed
 
     def observe(self, T: int, seconds: float) -> None:
+        self._line = None
         if self.sums is None:  # the prior, scaled to this machine: two points on its line
             a = seconds / (1 + self.slope * T)
             self.sums = [0.0] * 5
@@ -73,6 +77,11 @@ class PassCost:
     def line(self) -> tuple[float, float]:
         if self.sums is None:
             return 1.0, self.slope
+        if self._line is None:
+            self._line = self._fit()
+        return self._line
+
+    def _fit(self) -> tuple[float, float]:
         n, t, tt, y, ty = self.sums
         slope = (n * ty - t * y) / max(n * tt - t * t, 1e-12)
         a = (y - slope * t) / n
@@ -81,9 +90,13 @@ class PassCost:
 
     def __call__(self, T: int) -> float:
         a, b = self.line()
-        if T == 1 and self.step is not None:
+        if self.step is None:
+            return a + b * T
+        if T == 1:
             return min(self.step, a + b)
-        return a + b * T
+        # never above a plain step plus `MAX_SLOPE` of one per token: a first tree timed during a
+        # stall would otherwise price trees out for good (no tree runs, so none is timed again)
+        return min(a + b * T, self.step * (1 + self.MAX_SLOPE * T))
 
 
 @dataclass
@@ -147,13 +160,13 @@ class DraftTree:
     def mask(self, start: int) -> Tensor:
         """(T, start+T) bool: every node sees the cache before `start`, itself and its ancestors."""
         T = len(self.tokens)
-        mask = torch.zeros(T, start + T, dtype=torch.bool)
-        mask[:, :start] = True
-        tree = mask[:, start:]
+        rows: list[list[bool]] = []
         for i, parent in enumerate(self.parents):  # parents come first: copy the parent's row
-            if parent >= 0:
-                tree[i] = tree[parent]
-            tree[i, i] = True
+            row = rows[parent][:] if parent >= 0 else [False] * T
+            row[i] = True
+            rows.append(row)
+        mask = torch.ones(T, start + T, dtype=torch.bool)
+        mask[:, start:] = torch.tensor(rows, dtype=torch.bool)
         return mask
 
     def path(self, node: int) -> list[int]:

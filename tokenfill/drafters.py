@@ -10,6 +10,9 @@ source can replace the guess (`AcceptanceRates`).
 - `PromptLookup`: the longest recent n-gram match in the context, and the tokens after it.
 - `NGramDrafter`: next-token counts of the context (`per_request`) or of every request so far,
   followed while they clear a minimum count and a minimum share.
+- `CorpusDrafter`: what a body of code most often has next after the last few tokens (an n-gram
+  table built from the model's training corpus or a repository and kept beside the model,
+  corpus_ngrams.py), followed token after token.
 - `TokenRecycling`: the model's own top next tokens after each token, from every verification
   pass (rejected branches too), kept across requests.
 
@@ -22,15 +25,15 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 from torch import Tensor
 
+from .corpus_ngrams import MAX_N, NGramTable
 
-@dataclass(frozen=True)
-class Draft:
+
+class Draft(NamedTuple):  # a tuple: drafters make dozens per decoding step
     path: tuple[int, ...]   # tokens after the last one of the context
     guess: float            # the drafter's estimate of P(path[-1] accepted | path[:-1] accepted)
     source: str             # "drafter:kind": whose acceptance is counted for it
@@ -245,17 +248,8 @@ class NGramDrafter:
         return sum(200 + 60 * len(key) + 70 * len(row) for key, row in self.counts.items())
 
 
-class TokenRecycling:
-    """A table of the model's `k` most likely next tokens after each token, rewritten from every
-    verification pass (each node's logits, accepted or not) and kept across requests. A draft
-    grows best-first from the last token through the table, each rank with its own guess."""
-
-    name = "recycle"
-
-    def __init__(self, vocab: int, k: int = 6):
-        self.vocab, self.k = vocab, k
-        self.rows: list[list[int]] = [[] for _ in range(vocab)]  # by token: its top k, best first
-        self.guess = [0.5 / (r + 1) for r in range(k)]
+class NoRequestHooks:
+    """Hooks for a drafter that keeps nothing per request: each does nothing."""
 
     def begin(self, context: Sequence[int]) -> None:
         pass
@@ -267,7 +261,68 @@ class TokenRecycling:
         pass
 
     def verified(self, tokens: Tensor, logits: Tensor) -> None:
-        top = logits[:, :self.vocab].topk(self.k, dim=-1).indices
+        pass
+
+
+class CorpusDrafter(NoRequestHooks):
+    """The token a body of code most often has next after the last few (`NGramTable`, kept beside
+    the model), followed token after token while the product of the shares along the path stays
+    at least `floor`. Without a table it proposes nothing."""
+
+    name = "corpus"
+
+    def __init__(self, table: NGramTable | None = None, floor: float = 0.01):
+        self.table, self.floor = table, floor
+        self.memo: dict[tuple[int, ...], tuple[int, float, int] | None] = {}  # recent lookups
+
+    def _lookup(self, tail: tuple[int, ...]) -> tuple[int, float, int] | None:
+        """`table.lookup`, remembered: the next step's chain mostly walks the same contexts."""
+        if tail not in self.memo:
+            if len(self.memo) >= 4096:
+                self.memo.clear()
+            self.memo[tail] = self.table.lookup(tail)
+        return self.memo[tail]
+
+    def propose(self, context: Sequence[int], budget: int, depth: int) -> list[Draft]:
+        if self.table is None:
+            return []
+        tail = tuple(context[-MAX_N:])
+        path: tuple[int, ...] = ()
+        out, chance = [], 1.0
+        for _ in range(min(depth, budget)):
+            found = self._lookup(tail)
+            if found is None:
+                break
+            token, share, n = found
+            chance *= share
+            if chance < self.floor:
+                break
+            path += (token,)
+            tail = tail[len(tail) + 1 - MAX_N:] + (token,)
+            out.append(Draft(path, share, f"corpus:n{n}:s{int(share * 4)}"))
+        return out
+
+    def nbytes(self) -> int:
+        table = self.table.nbytes() if self.table is not None else 0
+        return table + 250 * len(self.memo)  # a tuple key and a tuple value per lookup kept
+
+
+class TokenRecycling(NoRequestHooks):
+    """A table of the model's `k` most likely next tokens after each token, rewritten from every
+    verification pass (each node's logits, accepted or not) and kept across requests. A draft
+    grows best-first from the last token through the table, each rank with its own guess."""
+
+    name = "recycle"
+
+    def __init__(self, vocab: int, k: int = 6):
+        self.vocab, self.k = vocab, k
+        self.rows: list[list[int]] = [[] for _ in range(vocab)]  # by token: its top k, best first
+        self.guess = [0.5 / (r + 1) for r in range(k)]
+
+    def verified(self, tokens: Tensor, logits: Tensor) -> None:
+        if logits.shape[-1] > self.vocab:
+            logits = logits[:, :self.vocab]
+        top = logits.topk(self.k, dim=-1).indices
         for token, row in zip(tokens.tolist(), top.tolist()):
             self.rows[token] = row
 
@@ -289,12 +344,13 @@ class TokenRecycling:
         return sum(28 * len(row) + 56 for row in self.rows)  # ints and list headers
 
 
-def registry(vocab: int) -> dict[str, Drafter]:
-    """Every drafter by name, fresh."""
+def registry(vocab: int, ngrams: NGramTable | None = None) -> dict[str, Drafter]:
+    """Every drafter by name, fresh (`ngrams`: the model's corpus table, if it has one)."""
     return {"prompt": PromptLookup(),
             "ngram": NGramDrafter("ngram", per_request=True),
             "history": NGramDrafter("history", per_request=False, min_count=3, min_share=0.6),
+            "corpus": CorpusDrafter(ngrams),
             "recycle": TokenRecycling(vocab)}
 
 
-DRAFTERS = ("prompt", "ngram", "history", "recycle")
+DRAFTERS = ("prompt", "ngram", "history", "corpus", "recycle")

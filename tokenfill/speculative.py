@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .corpus_ngrams import NGramTable
 from .draft_tree import AcceptanceRates, DraftTree, PassCost
 from .drafters import DRAFTERS, Drafter, registry
 from .generate import Constraint, Generation, Sampling, choose, probabilities, start
@@ -39,11 +40,11 @@ class Speculator:
     `max_nodes` nodes, `max_depth` deep; within that, `DraftTree.build` sizes them."""
 
     def __init__(self, vocab: int, drafters: Sequence[str] = DRAFTERS, max_depth: int = 32,
-                 max_nodes: int = 64):
+                 max_nodes: int = 64, ngrams: NGramTable | None = None):
         unknown = set(drafters) - set(DRAFTERS)
         if unknown:
             raise ValueError(f"unknown drafter(s) {sorted(unknown)}; known: {list(DRAFTERS)}")
-        every = registry(vocab)
+        every = registry(vocab, ngrams)
         self.drafters: list[Drafter] = [every[name] for name in drafters]
         self.rates = AcceptanceRates()
         self.cost = PassCost()
@@ -58,7 +59,7 @@ class Speculator:
         The drafters are asked for a few more nodes than the last tree kept (sized by its cost,
         `DraftTree.build`), not for the whole budget: proposals the cut would drop cost time."""
         depth = self.max_depth if depth is None else min(depth, self.max_depth)
-        ask = min(budget, 2 * self.kept + 8)
+        ask = min(budget, self.kept + 8)
         drafts = [d for drafter in self.drafters for d in drafter.propose(context, ask, depth)
                   ] if depth > 0 else []
         tree = DraftTree.build(context[-1], drafts, self.rates, budget, self.cost)

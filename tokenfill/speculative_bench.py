@@ -8,7 +8,10 @@ many tokens as tokenfill's plain completion generated, from the same prompt ids,
 threads per pass (hardware.py). The cursor sits at a line start and `--cursor-mode none` is
 used, so every runtime decodes the same prompt.
 
-Reported: whether speculative and plain outputs are identical; mean accepted draft tokens per
+Where the checkpoint has a corpus table (corpus_ngrams.py), each hole is also completed
+speculatively without it, to show what it adds.
+
+Reported: whether speculative and plain outputs are identical (with and without the table); mean accepted draft tokens per
 decoding pass; generated tokens per second of decoding (prefill excluded); ms per completion
 (p50, p95, mean) from the prompt ids, prefill and decoding, as `transformers` is timed, over the
 holes that generated anything; apart, what tokenfill spends before that, turning the text at the
@@ -34,6 +37,7 @@ from tqdm import tqdm
 
 from . import holes, realcode
 from .bench import REPO_ROOT, header, percentile, same_threads
+from .checkpoint import fim_layout
 from .completion import Engine
 from .drafters import DRAFTERS
 from .hardware import resolve_dtype
@@ -64,17 +68,32 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
     rows: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     by_drafter: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     cases = bench_holes(per_kind, seed)
+    # the same model and drafters without the corpus table, where the checkpoint has one
+    has_table = any(getattr(d, "table", None) is not None for d in engine.speculator.drafters)
+    bare = Engine(engine.model, engine.tokenizer, name=engine.name,
+                  fim_layout=fim_layout(model)) if has_table else None
     warm = cases[0]
     for speculative in (False, True):  # both paths compiled and cached before timing
-        engine.complete(warm.prefix, warm.suffix, max_tokens=8, cursor_mode="none",
-                        speculative=speculative)
-    for hole in tqdm(cases, desc="speculative vs plain", unit="hole", disable=not progress):
+        for e in (engine, bare) if bare is not None else (engine,):
+            e.complete(warm.prefix, warm.suffix, max_tokens=8, cursor_mode="none",
+                       speculative=speculative)
+    for i, hole in enumerate(tqdm(cases, desc="speculative vs plain", unit="hole",
+                                  disable=not progress)):
         r = rows[hole.kind]
         plain = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
                                 cursor_mode="none", speculative=False)
-        fast = engine.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
-                               cursor_mode="none", speculative=True)
+        engines = [engine] if bare is None else [engine, bare][::1 if i % 2 else -1]
+        done = {id(e): e.complete(hole.prefix, hole.suffix, max_tokens=max_tokens,
+                                  cursor_mode="none", speculative=True)
+                for e in engines}  # with and without the table take turns going first
+        fast = done[id(engine)]
         r["same"].append(plain.text == fast.text)
+        if bare is not None:
+            other = done[id(bare)]
+            r["same"][-1] = r["same"][-1] and other.text == plain.text
+            r["bare_decode_s"].append(other.decode_ms / 1000)
+            r["bare_forwards"].append(other.forwards)
+            r["bare_accepted"].append(other.accepted)
         r["tokens"].append(plain.tokens)
         r["plain_decode_s"].append(plain.decode_ms / 1000)
         r["spec_decode_s"].append(fast.decode_ms / 1000)
@@ -113,6 +132,8 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
         passes = max(sum(r["forwards"]), 1)
         lines.append(f"| {kind} | " + " | ".join(f"{by_drafter[kind][name] / passes:.2f}"
                                                   for name in DRAFTERS) + " |")
+    if bare is not None:
+        lines += ["", *_corpus_table(rows)]
     lines += ["", *_cost_table(rows, costs, cached)]
     if plot is not None:
         _plot(rows, by_drafter, costs, plot)
@@ -150,6 +171,26 @@ def _table(rows: dict[str, dict[str, list]], with_hf: bool) -> list[str]:
             line += f" {ms('hf_ms')} | {ms('hf_pld_ms')} |"
         line += f" {percentile(r['text_ms'], 0.5):.1f} / {percentile(r['text_ms'], 0.95):.1f} |"
         out.append(line)
+    return out
+
+
+def _corpus_table(rows: dict[str, dict[str, list]]) -> list[str]:
+    """Speculative decoding with the corpus table and without it, on the same holes in the same
+    run (every other drafter the same)."""
+    out = ["What the corpus table adds (the same drafters without it, on the same holes, in the "
+           "same run):", "",
+           "| holes | accepted per pass without / with | speed-up without / with |",
+           "| --- | --- | --- |"]
+    every: dict[str, list] = defaultdict(list)
+    for r in rows.values():
+        for key, values in r.items():
+            every[key].extend(values)
+    for kind, r in [*rows.items(), ("all", every)]:
+        plain = sum(r["plain_decode_s"])
+        out.append(f"| {kind} | {sum(r['bare_accepted']) / max(sum(r['bare_forwards']), 1):.2f} / "
+                   f"{sum(r['accepted']) / max(sum(r['forwards']), 1):.2f} | "
+                   f"{plain / max(sum(r['bare_decode_s']), 1e-9):.2f}x / "
+                   f"{plain / max(sum(r['spec_decode_s']), 1e-9):.2f}x |")
     return out
 
 

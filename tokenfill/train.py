@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from . import corpus, fim
+from . import corpus, corpus_ngrams, fim
 from .checkpoint import save_model
 from .hardware import describe_machine, training_autocast, training_precision
 from .model import ModelConfig, Transformer
@@ -275,6 +275,9 @@ def export(args: TrainArgs, model: Transformer, tok: Tokenizer, meta: dict, corp
     )
     (out / "README.md").write_text(card)
     (out / "training_log.json").write_text(json.dumps(meta, indent=1))
+    # speculative decoding's corpus drafter: what the training code most often has next
+    corpus_ngrams.build_beside(out, corpus.read(corpus_path, "train"), source=corpus_path.name,
+                               progress=args.progress)
     print(f"exported to {out}")
 
 
@@ -298,6 +301,9 @@ Python. Hugging Face layout (`config.json`, `model.safetensors` in bf16, `tokeni
   middles are short (tens of characters), the rest uniform cuts of a ~2,000-character window.
   tokenfill prompts it suffix-prefix-middle (`"fim_layout": "spm"` in config.json), where it
   completes better than prefix-suffix-middle (BENCHMARKS.md).
+
+Beside it, `ngrams.safetensors`: what the training files most often have after each run of one to
+six tokens, for speculative decoding's corpus drafter (`tokenfill ngrams`).
 
 ## Training
 | what | value |
