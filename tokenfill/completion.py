@@ -70,8 +70,8 @@ class Engine:
             self.fim = None  # plain left-to-right completion only; a suffix is refused
         self.context = model.config.max_position_embeddings
         self.name = name
-        # its tables outlive requests; `ngrams` is the corpus drafter's table (corpus_ngrams.py)
-        self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams)
+        self.ngrams = ngrams  # the corpus drafter's table (corpus_ngrams.py), if the model has one
+        self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams)  # outlives requests
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
 
     @classmethod

@@ -11,12 +11,13 @@ used, so every runtime decodes the same prompt.
 Where the checkpoint has a corpus table (corpus_ngrams.py), each hole is also completed
 speculatively without it, to show what it adds.
 
-Reported: whether speculative and plain outputs are identical (with and without the table); mean accepted draft tokens per
-decoding pass; generated tokens per second of decoding (prefill excluded); ms per completion
-(p50, p95, mean) from the prompt ids, prefill and decoding, as `transformers` is timed, over the
-holes that generated anything; apart, what tokenfill spends before that, turning the text at the
-cursor into the prompt (syntax analysis, fitting the context, tokenizing); the drafters' memory; and a plot of where the accepted tokens
-came from, by drafter and hole kind (a token two drafters proposed counts for both).
+Reported: whether speculative and plain outputs are identical (with and without the table);
+mean accepted draft tokens per decoding pass; generated tokens per second of decoding (prefill
+excluded); ms per completion (p50, p95, mean) from the prompt ids, prefill and decoding, as
+`transformers` is timed, over the holes that generated anything; apart, what tokenfill spends
+before that, turning the text at the cursor into the prompt (syntax analysis, fitting the
+context, tokenizing); the drafters' memory; and a plot of where the accepted tokens came from,
+by drafter and hole kind (a token two drafters proposed counts for both).
 
 Where the speed-up goes: the cost of one forward pass by the tokens in it (`pass_costs`, sizes
 interleaved so that the machine's load falls on all alike), and for each kind the ceiling those
@@ -69,9 +70,8 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
     by_drafter: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     cases = bench_holes(per_kind, seed)
     # the same model and drafters without the corpus table, where the checkpoint has one
-    has_table = any(getattr(d, "table", None) is not None for d in engine.speculator.drafters)
     bare = Engine(engine.model, engine.tokenizer, name=engine.name,
-                  fim_layout=fim_layout(model)) if has_table else None
+                  fim_layout=fim_layout(model)) if engine.ngrams is not None else None
     warm = cases[0]
     for speculative in (False, True):  # both paths compiled and cached before timing
         for e in (engine, bare) if bare is not None else (engine,):
