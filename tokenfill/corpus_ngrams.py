@@ -95,24 +95,16 @@ class NGramTable:
 
     def lookup(self, tail: Sequence[int]) -> tuple[int, float, int] | None:
         """(next token, its share, context length) for the longest context of `tail` kept."""
-        found = self.candidates(tail)
-        return found[0] if found else None
-
-    def candidates(self, tail: Sequence[int]) -> list[tuple[int, float, int]]:
-        """`lookup` for every context of `tail` kept, the longest first, each token once: the
-        shorter contexts' tokens are the likeliest alternatives (a longer context is kept only
-        where it names another token)."""
         hashes = tail_hashes(tail)
         if not hashes or not len(self.keys):
-            return []
+            return None
         wanted = np.array([h >> KEY_SHIFT for h in hashes], dtype=np.uint32)
         at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        out: list[tuple[int, float, int]] = []
-        for i in at[self.keys[at] == wanted][::-1].tolist():
-            token = int(self.next[i])
-            if all(token != t for t, _, _ in out):
-                out.append((token, float(self.share[i]) / 255, int(self.order[i])))
-        return out
+        hit = np.flatnonzero(self.keys[at] == wanted)
+        if not len(hit):
+            return None
+        i = at[hit[-1]]  # the longest context found
+        return int(self.next[i]), float(self.share[i]) / 255, int(self.order[i])
 
     @classmethod
     def build(cls, docs: Iterable[Sequence[int]], *, min_count: int = 3, min_share: float = 0.4,
