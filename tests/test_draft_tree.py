@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tokenfill.draft_tree import AcceptanceRates, DraftTree, PassCost
@@ -27,12 +28,27 @@ def test_build_keeps_the_best_nodes_and_their_parents():
 def test_rates_move_from_the_guess_to_what_was_observed():
     rates = AcceptanceRates(prior=4)
     draft = Draft((3,), 0.9, "a:x")
-    assert abs(rates.rate(draft) - 0.9) < 1e-12
+    assert abs(rates.rate("a:x", 0.9) - 0.9) < 1e-12
     for _ in range(96):
         rates.observe("a:x", False)
-    assert rates.rate(draft) < 0.05
+    assert rates.rate("a:x", 0.9) < 0.05
     tree = DraftTree.build(1, [draft, Draft((4,), 0.3, "b:y")], rates, budget=2)
     assert tree.tokens == [1, 4]  # the unreliable source lost its place
+
+
+def test_a_source_in_company_has_a_rate_of_its_own():
+    """Nodes a source drafts alone and nodes other drafters draft too are counted apart: a weak
+    source's rate alone does not drag down the nodes it agrees on, nor do they lift it."""
+    rates = AcceptanceRates(prior=4)
+    for _ in range(96):
+        rates.observe("weak:r0", False)                 # alone: rejected
+        rates.observe("weak:r0", True, together=True)   # with another drafter: accepted
+        rates.observe("other:x", True, together=True)
+    assert rates.rate("weak:r0", 0.5) < 0.05 < 0.95 < rates.rate("weak:r0", 0.5, together=True)
+    drafts = [Draft((4,), 0.5, "weak:r0"), Draft((5,), 0.5, "weak:r0"), Draft((5,), 0.1, "other:x")]
+    tree = DraftTree.build(1, drafts, rates, budget=2)
+    assert tree.tokens == [1, 5] and tree.sources[1] == ("weak:r0", "other:x")
+    assert tree.scores[1] > 0.95
 
 
 def test_tree_pass_equals_each_path_run_alone(tiny_model):
@@ -49,7 +65,7 @@ def test_tree_pass_equals_each_path_run_alone(tiny_model):
         tiny_model(torch.tensor([prompt[:-1]]), 0, cache)
         start = len(prompt) - 1
         got = tiny_model(torch.tensor([tree.tokens]), start, cache, positions=tree.positions(start),
-                         mask=tree.mask(start))[0]
+                         mask=tree.mask())[0]
     for node in range(len(tree)):
         alone = reference_logits(tiny_model, torch.tensor([prompt[:-1] + tree.path(node)]))[0, -1]
         torch.testing.assert_close(got[node], alone, atol=1e-4, rtol=0)
@@ -81,3 +97,13 @@ def test_a_tree_timed_during_a_stall_does_not_price_trees_out_for_good():
     tree = DraftTree.build(1, [Draft((5,), 0.9, "a"), Draft((5, 6), 0.9, "a")], AcceptanceRates(),
                            budget=8, cost=cost)
     assert len(tree) == 3  # likely drafts still make a tree, whose timing then corrects the fit
+
+
+def test_pass_cost_table_gives_each_size_its_cost():
+    cost = PassCost()
+    assert cost.table(5)[1:] == pytest.approx([cost(T) for T in range(1, 6)])
+    cost.observe(8, 0.5)        # a stall, then plain steps: the cap applies
+    for _ in range(20):
+        cost.observe(1, 0.005)
+    cost.observe(4, 0.008)
+    assert cost.table(40)[1:] == pytest.approx([cost(T) for T in range(1, 41)], rel=1e-12)

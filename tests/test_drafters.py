@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 
 import pytest
@@ -27,7 +28,7 @@ def test_context_lookup_equals_the_plain_loop():
         for cut in sorted({len(context) // 3, len(context)}):
             seen.sync(context[:cut])
             for tail in (context[:cut][-4:], [rng.randrange(alphabet) for _ in range(5)]):
-                got = [ends.tolist() for ends in seen.ends(tail, 4)]
+                got = seen.ends(tail, 4)
                 assert got == reference_ends(context[:cut], tail, 4), (trial, cut, tail)
 
 
@@ -88,6 +89,49 @@ def test_recycling_learns_the_models_top_tokens_from_verification():
     got = paths(recycle.propose([4], budget=6, depth=2))
     assert got[0] == (7,) and (7, 4) in got and (8,) in got
     assert len(got) <= 6 and all(len(p) <= 2 for p in got)
+    recycle.max_nodes = 2
+    assert paths(recycle.propose([4], budget=6, depth=2)) == [(7,), (7, 4)]
+
+
+def best_first_reference(rows, guess, last, budget, depth):
+    """Token recycling's draft grown the plain way: a heap of token paths by the product of
+    their ranks' guesses."""
+    heap = [(-guess[r], (t,)) for r, t in enumerate(rows[last])]
+    heapq.heapify(heap)
+    out = []
+    while heap and len(out) < budget:
+        neg, path = heapq.heappop(heap)
+        out.append((path, -neg))
+        if len(path) < depth:
+            for r, t in enumerate(rows[path[-1]]):
+                heapq.heappush(heap, (neg * guess[r], path + (t,)))
+    return out
+
+
+def test_recycling_grows_its_draft_best_first_as_the_plain_heap_does():
+    """The rank paths worked out once give the nodes a heap over token paths gives: the same
+    chances in the same order (ties may pick other nodes of the same chance), parents first."""
+    rng = random.Random(1)
+    for trial in range(40):
+        vocab, k = rng.choice([(6, 2), (12, 3), (40, 6)])
+        recycle = TokenRecycling(vocab=vocab, k=k, max_nodes=64)
+        unseen = trial % 2  # then a few tokens have no row yet: the paths under them are passed over
+        for token in range(vocab):
+            if not unseen or rng.random() < 0.9:
+                recycle.rows[token] = rng.sample(range(vocab), k)
+        last, budget, depth = rng.randrange(vocab), rng.randrange(1, 40), rng.randrange(1, 8)
+        got = recycle.propose([last], budget, depth)
+        expected = best_first_reference(recycle.rows, recycle.guess, last, budget, depth)
+        chance = {}
+        for d in got:
+            assert len(d.path) == 1 or d.path[:-1] in chance
+            chance[d.path] = chance.get(d.path[:-1], 1.0) * d.guess
+            assert len(d.path) <= depth
+        got, expected = [round(c, 12) for c in chance.values()], [round(c, 12) for _, c in expected]
+        if unseen:  # the best ones, in order, though it may stop short
+            assert got == expected[:len(got)] and (got or not expected)
+        else:
+            assert got == expected
 
 
 def test_corpus_drafter_follows_the_table_while_the_path_is_likely():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenfill.generate import Sampling, choose, generate, restrict, sample
+from tokenfill.generate import Sampling, choose, generate, greedy_rows, restrict, sample
 from tokenfill.model import reference_logits
 
 
@@ -123,3 +123,16 @@ def test_greedy_choice_equals_restricting_first():
         token = choose(logits, Sampling(), None, 30, constraints)
         assert token == int(expected.argmax())
         assert all(c.seen == [token] for c in constraints)
+        given = choose(logits, Sampling(), None, 30, [_Mask(m) for m in masks],
+                       argmax=greedy_rows(logits[None], 30)[0])  # the caller's argmax
+        assert given == token
+
+
+def test_greedy_rows_pick_what_choose_picks_row_by_row():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(50, 40, generator=g)
+    logits[::5, 7] = logits[::5, 2] = 9.0      # ties: the first one wins
+    logits[1::5, 35] = 20.0                    # the best past the vocab limit is never chosen
+    for limit in (None, 30):
+        assert greedy_rows(logits, limit) == [choose(row, Sampling(), None, limit, ())
+                                              for row in logits]

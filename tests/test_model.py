@@ -36,6 +36,29 @@ def test_cached_decode_equals_full_recompute(kv_heads, bias):
     assert torch.allclose(long, expected[:100], atol=ATOL)
 
 
+@pytest.mark.parametrize("T", [6, 70])  # grouped attention, and the fused kernel (LONG_QUERIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mask_over_the_last_keys_equals_the_whole_mask(T, dtype):
+    """`mask` (T, K) covers the last K keys; the keys before them are seen by every query."""
+    model = Transformer.init_random(tiny_config(97), seed=2).eval().to(dtype)
+    g = torch.Generator().manual_seed(3)
+    start = 20
+    prompt = torch.randint(0, 97, (1, start), generator=g)
+    tokens = torch.randint(0, 97, (1, T), generator=g)
+    own = (torch.rand(T, T, generator=g) < 0.5).tril() | torch.eye(T, dtype=torch.bool)
+    positions = torch.arange(start, start + T)
+    got = []
+    for mask in (own, torch.cat([torch.ones(T, start, dtype=torch.bool), own], dim=1),
+                 torch.cat([torch.ones(T, 5, dtype=torch.bool), own], dim=1)):
+        cache = model.new_cache(1, start + T)
+        with torch.no_grad():
+            model(prompt, 0, cache)
+            got.append(model(tokens, start, cache, positions=positions, mask=mask)[0])
+    atol = ATOL if dtype == torch.float32 else 0.05
+    torch.testing.assert_close(got[1], got[0], atol=atol, rtol=0)
+    torch.testing.assert_close(got[2], got[0], atol=atol, rtol=0)
+
+
 def test_uncached_forward_equals_reference(tiny_model):
     tokens = torch.randint(0, tiny_model.config.vocab_size, (2, 33))
     with torch.no_grad():

@@ -195,24 +195,27 @@ class Attention(nn.Module):
                 # against 5.2 ms per layer for 615 tokens)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                    enable_gqa=self.n_kv != self.n_head)
-            else:
+            else:  # `mask` here is the additive bias `attention_mask` makes of it
                 y = grouped_attention(q, k, v, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
-def grouped_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     """Attention with each kv head serving its group of query heads, without copying kv heads.
 
-    q (B, H, T, hd); k, v (B, KV, S, hd); mask (T, S) bool or None -> (B, H, T, hd). Two matmuls
-    and a softmax: for the short queries of decoding this beats the fused CPU kernel's set-up cost.
+    q (B, H, T, hd); k, v (B, KV, S, hd); bias (T, K) float, 0 or -inf, added to the scores of
+    the last K keys (the keys before them are seen by every query), or None -> (B, H, T, hd). Two
+    matmuls and a softmax: for the short queries of decoding this beats the fused CPU kernel's
+    set-up cost. A draft tree's pattern only concerns its own T keys: adding it there rather
+    than masking all S made a pass after 600 cached keys cheaper, 13.8 -> 12.9 ms at 32 tokens
+    and 10.6 -> 9.9 ms at 16, side by side.
     """
     B, H, T, hd = q.shape
     KV, S = k.shape[1], k.shape[2]
     rep = H // KV
     scores = q.reshape(B, KV, rep * T, hd) @ k.transpose(-1, -2) * (hd ** -0.5)  # (B, KV, rep*T, S)
-    if mask is not None:
-        scores = scores.view(B, KV, rep, T, S).masked_fill(~mask, float("-inf"))
-        scores = scores.view(B, KV, rep * T, S)
+    if bias is not None:
+        scores.view(B, KV, rep, T, S)[..., S - bias.shape[1]:] += bias
     probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
     return (probs @ v).view(B, H, T, hd)
 
@@ -260,18 +263,19 @@ class Transformer(nn.Module):
 
         Without a cache: a plain causal pass (training). With a cache: keys and values are written
         at [start, start+T) and each query attends to everything before it. `positions` (T,)
-        overrides the RoPE positions and `mask` (T, start+T) bool the attention pattern: both are
-        for draft trees, whose nodes sit in cache slots but at positions given by their depth.
+        overrides the RoPE positions and `mask` the attention pattern: both are for draft trees,
+        whose nodes sit in cache slots but at positions given by their depth. `mask` (T, K) bool,
+        K <= start+T, says which of the last K keys each query sees; every query sees the keys
+        before those (a tree passes its own T x T pattern: its nodes all see the whole cache).
         `keep` returns the logits of the last `keep` positions only (B, keep, vocab): a prompt
         needs its last one's, and the output layer is a quarter of a prompt's work.
         """
         B, T = tokens.shape
         if cache is not None:  # inference: small passes on one thread (hardware.py)
             use_threads_for(B * T)
+            mask = attention_mask(mask, start, T)
         if positions is None:
             positions = torch.arange(start, start + T, device=tokens.device)
-        if cache is not None and mask is None and T > 1 and not (start == 0 and T >= LONG_QUERIES):
-            mask = causal_mask(start, T).to(tokens.device)  # (a long prompt from the start: none)
         cos, sin = rope_tables(self.config, positions)
         x = self.embed_tokens(tokens)
         for i, block in enumerate(self.layers):
@@ -313,6 +317,26 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
         return model
+
+
+def attention_mask(mask: Tensor | None, start: int, T: int) -> Tensor | None:
+    """The pattern of a cached pass of T tokens at `start`, in the form its attention takes: for a
+    long query block (the fused kernel) a bool (T, start+T) mask, or None for a prompt from the
+    start (the kernel's own causal mask); for a short one an additive (T, K) bias on the last K
+    keys (`grouped_attention`), or None for a single token. `mask` (T, K) bool as `forward` takes
+    it, or None: causal."""
+    if T >= LONG_QUERIES:
+        if mask is None:
+            return None if start == 0 else causal_mask(start, T)
+        if mask.shape[1] < start + T:  # the keys before the mask's are seen by all
+            seen = torch.ones(T, start + T - mask.shape[1], dtype=torch.bool, device=mask.device)
+            return torch.cat([seen, mask], dim=1)
+        return mask
+    if mask is None:
+        if T == 1:
+            return None
+        mask = causal_mask(0, T)
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def causal_mask(start: int, T: int) -> Tensor:

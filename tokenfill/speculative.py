@@ -30,7 +30,7 @@ from torch import Tensor
 from .corpus_ngrams import NGramTable
 from .draft_tree import AcceptanceRates, DraftTree, PassCost
 from .drafters import DRAFTERS, Drafter, registry
-from .generate import Constraint, Generation, Sampling, choose, probabilities, start
+from .generate import Constraint, Generation, Sampling, choose, greedy_rows, probabilities, start
 from .model import KVCache, Transformer
 
 
@@ -85,8 +85,8 @@ class Speculator:
         for drafter in self.drafters:
             drafter.begin(context)
 
-        def pick(logits: Tensor) -> int:
-            return choose(logits, sampling, generator, vocab_limit, constraints)
+        def pick(logits: Tensor, argmax: int | None = None) -> int:
+            return choose(logits, sampling, generator, vocab_limit, constraints, argmax)
 
         def emit(token: int) -> bool:
             """Append the token; True when the generation is over."""
@@ -112,19 +112,22 @@ class Speculator:
                 logits = model(tokens[None], pos, cache)[0]
             else:
                 logits = model(tokens[None], pos, cache, positions=tree.positions(pos),
-                               mask=tree.mask(pos))[0]
+                               mask=tree.mask())[0]
             self.cost.observe(len(tree), time.perf_counter() - t1)
             out.forwards += 1
             for drafter in self.drafters:
                 drafter.verified(tokens, logits)
+            # greedy: every node's argmax at once
+            best = greedy_rows(logits, vocab_limit) if sampling.temperature == 0 else None
             node, accepted = 0, [0]
             while True:
                 kids = tree.children[node]
-                token = pick(logits[node])
+                token = pick(logits[node], best[node] if best is not None else None)
                 hit = next((k for k in kids if tree.tokens[k] == token), None)
                 for k in kids:
+                    together = len(tree.sources[k]) > 1
                     for source in tree.sources[k]:
-                        self.rates.observe(source, k == hit)
+                        self.rates.observe(source, k == hit, together)
                 over = emit(token)
                 if hit is None or token in end_ids:  # an end token is not part of the output
                     break
