@@ -71,10 +71,6 @@ class ContextTokens:
         self.tokens: list[int] = []
         self.after: dict[int, list[int]] = {}  # token -> the positions e with tokens[e-1] == token
 
-    @property
-    def n(self) -> int:
-        return len(self.tokens)
-
     def reset(self) -> None:
         self.tokens = []
         self.after = {}
