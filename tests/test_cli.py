@@ -120,6 +120,7 @@ def test_ngrams_builds_the_table_the_engine_then_drafts_from(tmp_path, model_dir
     result = run("ngrams", repo, "--model", model, "--min-count", 2)
     assert result.returncode == 0, result.stderr
     assert "ngrams.safetensors" in result.stdout and "from 1 files" in result.stdout
+    assert "the model's predictions on" in result.stdout  # on by default
     drafter = next(d for d in Engine.load(model, dtype="fp32").speculator.drafters
                    if d.name == "corpus")
     assert drafter.table is not None and len(drafter.table) > 0
@@ -128,6 +129,10 @@ def test_ngrams_builds_the_table_the_engine_then_drafts_from(tmp_path, model_dir
                                         (repo, repo, "no tokenizer.json")):
         result = run("ngrams", corpus, "--model", checkpoint)
         assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = run("ngrams", repo, "--model", model, "--predict", -1)
+    assert result.returncode == 2 and "--predict" in result.stderr, result.stderr
+    result = run("ngrams", repo, "--model", model, "--predict", 0)
+    assert result.returncode == 0 and "predictions" not in result.stdout, result.stderr
 
 
 def test_batch_missing_input(tmp_path, model_dir):

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from tokenfill import corpus_ngrams
 from tokenfill.corpus_ngrams import (NGramTable, beside, build_beside, context_hashes,
@@ -35,6 +36,53 @@ def test_lookup_names_the_token_the_plain_counts_name():
             found = table.lookup(tail)
             assert (found[0] if found else None) == reference_next(docs, tail, min_count, min_share), (
                 trial, tail)
+
+
+def test_counting_a_models_predictions_names_what_the_plain_counts_of_them_name():
+    """With `targets` (a model's prediction after each position), what is counted after each
+    context is the target, not the document's next token: against plain dictionaries."""
+    rng = random.Random(2)
+    for trial in range(40):
+        alphabet = rng.choice([2, 3, 5])
+        docs = random_docs(rng, alphabet)
+        targets = [[rng.randrange(alphabet) for _ in doc] for doc in docs]
+        min_count, min_share = rng.choice([(1, 0.0), (2, 0.3), (3, 0.5)])
+        table = NGramTable.build(docs, targets=targets, min_count=min_count, min_share=min_share)
+        for _ in range(30):
+            tail = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 7))]
+            found = table.lookup(tail)
+            assert (found[0] if found else None) == reference_next(
+                docs, tail, min_count, min_share, targets), (trial, tail)
+    # the document's own next token is no longer what is counted
+    table = NGramTable.build([[1, 2, 3]], targets=[[5, 6, 7]], min_count=1, min_share=0.0)
+    assert table.lookup([1])[0] == 5 and table.lookup([1, 2])[0] == 6
+
+
+def test_a_merged_table_takes_the_longer_context_and_the_preferred_one_on_a_tie():
+    rng = random.Random(3)
+    for trial in range(20):
+        alphabet = rng.choice([2, 3, 5])
+        a = NGramTable.build(random_docs(rng, alphabet), min_count=1, min_share=0.0)
+        b = NGramTable.build(random_docs(rng, alphabet), min_count=1, min_share=0.0)
+        merged = NGramTable.merge(a, b)
+        assert len(merged) <= len(a) + len(b)
+        for _ in range(40):
+            tail = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 7))]
+            x, y = a.lookup(tail), b.lookup(tail)
+            want = x if y is None or (x is not None and x[2] >= y[2]) else y
+            assert merged.lookup(tail) == want, (trial, tail)
+
+
+def test_model_predictions_are_each_windows_own_greedy_tokens(tiny_model):
+    """Windows batched together (padded, longest first) predict what each predicts alone."""
+    rng = random.Random(4)
+    docs = [np.array([rng.randrange(100) for _ in range(n)], dtype=np.int32) for n in (1, 7, 13, 20)]
+    got = corpus_ngrams.model_predictions(tiny_model, docs, window=8, batch=3)
+    with torch.inference_mode():
+        for doc, predicted in zip(docs, got):
+            want = [tiny_model(torch.tensor(doc[s:s + 8], dtype=torch.long)[None]).argmax(-1)[0]
+                    for s in range(0, len(doc), 8)]
+            assert predicted.tolist() == torch.cat(want).tolist()
 
 
 def test_vectorised_hashes_equal_the_tail_hashes():
@@ -87,6 +135,9 @@ def test_kept_beside_the_model_and_refused_under_another_tokenizer(tmp_path, mod
     ids = tokenizer.encode(text)
     assert beside(directory).lookup(ids[:3])[0] == ids[3]
     assert len(beside(directory)) == len(table)
+    predicted = build_beside(directory, [text] * 4, predict=20, progress=False)  # two files
+    assert predicted.info["predicted"]["tokens"] == 2 * len(ids)
+    assert predicted.info["predicted"]["documents"] == 2 and len(predicted) >= len(table)
     (directory / "tokenizer.json").write_text((directory / "tokenizer.json").read_text() + " ")
     with pytest.warns(UserWarning, match="another tokenizer"):
         assert beside(directory) is None

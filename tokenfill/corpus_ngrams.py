@@ -6,23 +6,31 @@ Built once from token ids (the bundled model's training corpus, or any tree of s
 model writes the idioms of the code it learnt from, so the table guesses its next tokens where
 the request itself holds nothing to copy (block bodies: docstrings, first statements).
 
+What comes next is counted twice over: the code's own next token, and, on part of the code, the
+token the model itself predicts there (`model_predictions`, its greedy choice with the code so
+far as context). The second is what speculative decoding must guess, since verification accepts
+only the model's own choice; the two tables are merged, the longer context winning and the
+model's prediction on a tie (`NGramTable.merge`). Measured on block bodies (BENCHMARKS.md).
+
 The table is compact:
 - A context of n tokens is a hash of the tokens and n: 40 bits while counting, the top 32 kept.
-  All orders sit in one sorted array, so a lookup of every order of the last tokens is one
-  `searchsorted`. Two contexts that share a hash only make a poorer draft: verification keeps
-  the output exact. An entry takes 8 bytes (a vocabulary under 65,536 tokens).
+  All orders sit in one sorted array. Two contexts that share a hash only make a poorer draft:
+  verification keeps the output exact. An entry takes 8 bytes (a vocabulary under 65,536 tokens).
 - Only contexts seen `min_count` times whose top next token has at least `min_share` are kept.
 - A context is dropped where the next shorter context kept already names the same token: the
   lookup falls back to it and finds the same token.
 
-`lookup` takes the longest context kept; `reference_next` is the slow path it is tested against:
-plain dictionaries of every n-gram, no hashing, no pruning.
+`lookup` takes the longest context kept, by bisection over the arrays seen as Python sequences
+(a drafting step makes a few dozen lookups, too few for numpy to pay); `reference_next` is the
+slow path it is tested against: plain dictionaries of every n-gram, no hashing, no pruning.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import random
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -50,14 +58,19 @@ def _finish(h: int, n: int) -> int:
     return h & ((1 << HASH_BITS) - 1)
 
 
-def tail_hashes(tail: Sequence[int]) -> list[int]:
-    """The hashes of the last 1, 2, ... `MAX_N` tokens of `tail` (as many as it has)."""
+def _unmixed(tail: Sequence[int]) -> list[int]:
+    """Before `_finish`: for n = 1 ... `MAX_N` (as many as `tail` has), the last n tokens, oldest
+    first, as h_n = (token[-n]+1) * MULT^(n-1) + ... + (token[-1]+1), modulo 2^64."""
     out, h = [], 0
     for n in range(1, min(MAX_N, len(tail)) + 1):
-        # the last n tokens, oldest first: h_n = token[-n] * MULT^(n-1) + ... + token[-1]
         h = (h + (int(tail[-n]) + 1) * _POWERS[n - 1]) & _MASK64
-        out.append(_finish(h, n))
+        out.append(h)
     return out
+
+
+def tail_hashes(tail: Sequence[int]) -> list[int]:
+    """The hashes of the last 1, 2, ... `MAX_N` tokens of `tail` (as many as it has)."""
+    return [_finish(h, n) for n, h in enumerate(_unmixed(tail), start=1)]
 
 
 def context_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
@@ -82,6 +95,12 @@ class NGramTable:
     order: np.ndarray   # (entries,) uint8: the context's length
     info: dict = field(default_factory=dict)  # what it was built from, and with which gates
 
+    def __post_init__(self) -> None:
+        # the arrays seen as Python sequences: a lookup reads a few entries, and after a forward
+        # pass the first numpy call of a step costs more than the whole lookup (drafters.py)
+        self._views = tuple(memoryview(np.ascontiguousarray(a)) for a in
+                            (self.keys, self.next, self.share, self.order))
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -94,28 +113,33 @@ class NGramTable:
         return {n: int(counts[n]) for n in range(1, MAX_N + 1)}
 
     def lookup(self, tail: Sequence[int]) -> tuple[int, float, int] | None:
-        """(next token, its share, context length) for the longest context of `tail` kept."""
-        hashes = tail_hashes(tail)
-        if not hashes or not len(self.keys):
-            return None
-        wanted = np.array([h >> KEY_SHIFT for h in hashes], dtype=np.uint32)
-        at = np.minimum(np.searchsorted(self.keys, wanted), len(self.keys) - 1)
-        hit = np.flatnonzero(self.keys[at] == wanted)
-        if not len(hit):
-            return None
-        i = at[hit[-1]]  # the longest context found
-        return int(self.next[i]), float(self.share[i]) / 255, int(self.order[i])
+        """(next token, its share, context length) for the longest context of `tail` kept: the
+        longest first, each hashed only when the longer ones were not found."""
+        keys, follows, shares, orders = self._views
+        unmixed = _unmixed(tail)
+        for n in range(len(unmixed), 0, -1):
+            key = _finish(unmixed[n - 1], n) >> KEY_SHIFT
+            i = bisect.bisect_left(keys, key)
+            if i < len(keys) and keys[i] == key:
+                return follows[i], shares[i] / 255, orders[i]
+        return None
 
     @classmethod
     def build(cls, docs: Iterable[Sequence[int]], *, min_count: int = 3, min_share: float = 0.4,
-              info: dict | None = None, progress: bool = False) -> NGramTable:
-        """Count every run of 1 to `MAX_N` tokens and the token after it, within each document."""
+              info: dict | None = None, progress: bool = False,
+              targets: Iterable[Sequence[int]] | None = None) -> NGramTable:
+        """Count every run of 1 to `MAX_N` tokens and the token after it, within each document.
+        `targets` (one per document, as long): count `targets[d][i]` as what follows the runs
+        ending at position i instead of the document's next token (a model's predictions)."""
         from tqdm import tqdm
 
-        parts = []
-        for doc in docs:
+        parts, wanted = [], []
+        for doc, target in zip(docs, targets) if targets is not None else ((d, None) for d in docs):
             parts += [np.asarray(doc, dtype=np.int64), np.array([-1])]  # -1: a document ends
+            if target is not None:
+                wanted += [np.asarray(target, dtype=np.int64), np.array([-1])]
         tokens = np.concatenate(parts) if parts else np.array([-1])
+        predicted = np.concatenate(wanted) if wanted else None
         if len(tokens) and tokens.max(initial=0) >= 1 << TOKEN_BITS:
             raise ValueError(f"token ids must be below 2^{TOKEN_BITS}")
         ends = np.flatnonzero(tokens < 0)
@@ -128,7 +152,7 @@ class NGramTable:
                 kept.append(_EMPTY)
                 continue
             h = context_hashes(np.maximum(tokens, 0), n)[:-1]      # context ending at i, i >= n-1
-            follow = tokens[n:]                                     # the token after it
+            follow = tokens[n:] if predicted is None else predicted[n - 1:-1]  # what follows
             # whole: no document end among the context and the token after it
             whole = last_end[n:] < np.arange(len(tokens) - n)
             hashes[n] = np.concatenate([np.zeros(n - 1, dtype=np.uint64), h])  # by end position
@@ -166,6 +190,22 @@ class NGramTable:
                    follows.astype(np.uint16 if small else np.int32),
                    np.round(np.concatenate([k[2] for k in kept])[sort] * 255).astype(np.uint8),
                    order[sort], info)
+
+    @classmethod
+    def merge(cls, preferred: NGramTable, other: NGramTable, info: dict | None = None) -> NGramTable:
+        """Both tables' contexts in one: a lookup takes the longest context either kept, and where
+        both kept the same context, `preferred`'s token."""
+        keys = np.concatenate([preferred.keys, other.keys])
+        sort = np.argsort(keys, kind="stable")  # preferred's entry first among equal keys
+        keys = keys[sort]
+        first = np.r_[True, keys[1:] != keys[:-1]]
+        pick = sort[first]
+        wide = np.int32 if max(preferred.next.dtype.itemsize, other.next.dtype.itemsize) > 2 else np.uint16
+        return cls(keys[first],
+                   np.concatenate([preferred.next, other.next]).astype(wide)[pick],
+                   np.concatenate([preferred.share, other.share])[pick],
+                   np.concatenate([preferred.order, other.order])[pick],
+                   info if info is not None else dict(preferred.info))
 
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
@@ -206,8 +246,16 @@ def source_texts(path: Path) -> list[str]:
 
 
 def build_beside(directory: Path, texts: list[str], *, min_count: int = 3,
-                 min_share: float = 0.4, source: str = "", progress: bool = True) -> NGramTable:
-    """Count `texts` in the tokens of the checkpoint in `directory` and keep the table there."""
+                 min_share: float = 0.4, predict: int = 0, predicted_min_count: int = 2,
+                 predicted_min_share: float = 0.3, source: str = "", seed: int = 0,
+                 progress: bool = True) -> NGramTable:
+    """Count `texts` in the tokens of the checkpoint in `directory` and keep the table there.
+
+    `predict` > 0: the checkpoint's model also reads about that many tokens of the texts (whole
+    files, drawn at random with `seed`), and what it predicts after each position is counted as
+    well (`model_predictions`, under its own gates); where both say something of a context,
+    the longer context wins, and the model's prediction on a tie (`NGramTable.merge`). The table
+    then drafts what this model writes, not only what the code it read says next."""
     from tqdm import tqdm
 
     from .tokenizer import Tokenizer
@@ -218,11 +266,61 @@ def build_beside(directory: Path, texts: list[str], *, min_count: int = 3,
     for i in tqdm(range(0, len(texts), chunk), desc="tokenizing", unit="chunk",
                   disable=not progress):
         docs += [np.asarray(ids, dtype=np.int32) for ids in tokenizer.encode_batch(texts[i:i + chunk])]
+    info = {"tokenizer": tokenizer_digest(directory / "tokenizer.json"), "source": source}
     table = NGramTable.build(docs, min_count=min_count, min_share=min_share, progress=progress,
-                             info={"tokenizer": tokenizer_digest(directory / "tokenizer.json"),
-                                   "source": source})
+                             info=info)
+    if predict > 0:
+        from .checkpoint import load_model
+
+        order = list(range(len(docs)))
+        random.Random(seed).shuffle(order)
+        sample, total = [], 0
+        for i in order:
+            if total >= predict:
+                break
+            sample.append(docs[i])
+            total += len(docs[i])
+        predicted = NGramTable.build(
+            sample, targets=model_predictions(load_model(directory), sample, progress=progress),
+            min_count=predicted_min_count, min_share=predicted_min_share, progress=progress)
+        info = dict(table.info, predicted={"tokens": total, "documents": len(sample),
+                                           "min_count": predicted_min_count,
+                                           "min_share": predicted_min_share,
+                                           "contexts": len(predicted)})
+        table = NGramTable.merge(predicted, table, info)
     table.save(directory / FILE)
     return table
+
+
+def model_predictions(model, docs: Sequence[np.ndarray], *, window: int = 512, batch: int = 16,
+                      progress: bool = False) -> list[np.ndarray]:
+    """For each document, the model's greedy next token after each of its positions, read in
+    windows of `window` tokens (each window sees only itself), `batch` windows per pass, on the
+    GPU where there is one."""
+    import torch
+    from tqdm import tqdm
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).eval()
+    window = min(window, model.config.max_position_embeddings)
+    spans = [(d, s) for d, doc in enumerate(docs) for s in range(0, len(doc), window)]
+    spans.sort(key=lambda span: -min(window, len(docs[span[0]]) - span[1]))  # little padding
+    out = [np.zeros(len(doc), dtype=np.int32) for doc in docs]
+    with torch.inference_mode(), tqdm(total=sum(map(len, docs)), desc="model predictions",
+                                      unit="token", unit_scale=True, disable=not progress) as bar:
+        for i in range(0, len(spans), batch):
+            group = spans[i:i + batch]
+            width = min(window, len(docs[group[0][0]]) - group[0][1])
+            x = torch.zeros(len(group), width, dtype=torch.long)
+            for row, (d, s) in enumerate(group):
+                part = docs[d][s:s + width]
+                x[row, :len(part)] = torch.from_numpy(np.asarray(part, dtype=np.int64))
+            best = model(x.to(device)).argmax(-1).cpu().numpy()  # padding comes after: unseen
+            for row, (d, s) in enumerate(group):
+                n = min(width, len(docs[d]) - s)
+                out[d][s:s + n] = best[row, :n]
+                bar.update(n)
+    return out
 
 
 def tokenizer_digest(path: Path) -> str:
@@ -263,16 +361,19 @@ def _backoff(kept: list[tuple[np.ndarray, ...]], hashes: dict[int, np.ndarray],
     return said
 
 
-def reference_next(docs: Iterable[Sequence[int]], tail: Sequence[int], min_count: int = 3,
-                   min_share: float = 0.4) -> int | None:
+def reference_next(docs: Sequence[Sequence[int]], tail: Sequence[int], min_count: int = 3,
+                   min_share: float = 0.4,
+                   targets: Sequence[Sequence[int]] | None = None) -> int | None:
     """The token `NGramTable.lookup` names after `tail`, from every n-gram counted in plain
     dictionaries: the longest context of `tail` that clears the gates, its most frequent next
-    token (ties to the smallest id)."""
+    token (ties to the smallest id); with `targets`, `targets[d][i]` counts as what follows the
+    runs ending at position i of document d (where the document goes on after i)."""
     counts: dict[tuple[int, ...], Counter] = defaultdict(Counter)
-    for doc in docs:
+    for d, doc in enumerate(docs):
         for i in range(1, len(doc)):
+            follow = doc[i] if targets is None else targets[d][i - 1]
             for n in range(1, min(MAX_N, i) + 1):
-                counts[tuple(doc[i - n:i])][doc[i]] += 1
+                counts[tuple(doc[i - n:i])][follow] += 1
     for n in range(min(MAX_N, len(tail)), 0, -1):
         row = counts.get(tuple(tail[len(tail) - n:]))
         if not row:

@@ -275,9 +275,11 @@ def export(args: TrainArgs, model: Transformer, tok: Tokenizer, meta: dict, corp
     )
     (out / "README.md").write_text(card)
     (out / "training_log.json").write_text(json.dumps(meta, indent=1))
-    # speculative decoding's corpus drafter: what the training code most often has next
-    corpus_ngrams.build_beside(out, corpus.read(corpus_path, "train"), source=corpus_path.name,
-                               progress=args.progress)
+    # speculative decoding's corpus drafter: what the training code most often has next, and what
+    # the model predicts there (on a GPU all of the corpus: its characters outnumber its tokens)
+    texts = corpus.read(corpus_path, "train")
+    corpus_ngrams.build_beside(out, texts, source=corpus_path.name, progress=args.progress,
+                               predict=sum(map(len, texts)) if torch.cuda.is_available() else 2_000_000)
     print(f"exported to {out}")
 
 
@@ -303,7 +305,8 @@ Python. Hugging Face layout (`config.json`, `model.safetensors` in bf16, `tokeni
   completes better than prefix-suffix-middle (BENCHMARKS.md).
 
 Beside it, `ngrams.safetensors`: what the training files most often have after each run of one to
-six tokens, for speculative decoding's corpus drafter (`tokenfill ngrams`).
+six tokens, and what the model itself predicts there, for speculative decoding's corpus drafter
+(`tokenfill ngrams`).
 
 ## Training
 | what | value |
