@@ -246,14 +246,13 @@ def source_texts(path: Path) -> list[str]:
 
 
 def build_beside(directory: Path, texts: list[str], *, min_count: int = 3,
-                 min_share: float = 0.4, predict: int = 0, predicted_min_count: int = 2,
-                 predicted_min_share: float = 0.3, source: str = "", seed: int = 0,
+                 min_share: float = 0.4, predict: int = 0, source: str = "", seed: int = 0,
                  progress: bool = True) -> NGramTable:
     """Count `texts` in the tokens of the checkpoint in `directory` and keep the table there.
 
     `predict` > 0: the checkpoint's model also reads about that many tokens of the texts (whole
     files, drawn at random with `seed`), and what it predicts after each position is counted as
-    well (`model_predictions`, under its own gates); where both say something of a context,
+    well (`model_predictions`, under the same gates); where both say something of a context,
     the longer context wins, and the model's prediction on a tie (`NGramTable.merge`). The table
     then drafts what this model writes, not only what the code it read says next."""
     from tqdm import tqdm
@@ -282,10 +281,8 @@ def build_beside(directory: Path, texts: list[str], *, min_count: int = 3,
             total += len(docs[i])
         predicted = NGramTable.build(
             sample, targets=model_predictions(load_model(directory), sample, progress=progress),
-            min_count=predicted_min_count, min_share=predicted_min_share, progress=progress)
+            min_count=min_count, min_share=min_share, progress=progress)
         info = dict(table.info, predicted={"tokens": total, "documents": len(sample),
-                                           "min_count": predicted_min_count,
-                                           "min_share": predicted_min_share,
                                            "contexts": len(predicted)})
         table = NGramTable.merge(predicted, table, info)
     table.save(directory / FILE)
