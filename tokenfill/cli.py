@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predict", type=int, default=2_000_000, metavar="TOKENS",
                    help="the model also reads about this many tokens of the code and what it "
                         "predicts next is counted too, so the table drafts what the model writes "
-                        "(default 2,000,000: about 4 minutes on two CPU cores; 0: off)")
+                        "(default 2,000,000: about 5 minutes on two CPU cores; 0: off)")
 
     p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
     p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp", "cursor",

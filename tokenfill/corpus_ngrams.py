@@ -36,8 +36,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .model import Transformer
 
 MAX_N = 6
 HASH_BITS = 40          # a context's hash; the next token takes the 24 bits below it when counting
@@ -289,7 +293,7 @@ def build_beside(directory: Path, texts: list[str], *, min_count: int = 3,
     return table
 
 
-def model_predictions(model, docs: Sequence[np.ndarray], *, window: int = 512, batch: int = 16,
+def model_predictions(model: Transformer, docs: Sequence[np.ndarray], *, window: int = 512, batch: int = 16,
                       progress: bool = False) -> list[np.ndarray]:
     """For each document, the model's greedy next token after each of its positions, read in
     windows of `window` tokens (each window sees only itself), `batch` windows per pass, on the
