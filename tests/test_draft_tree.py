@@ -25,6 +25,17 @@ def test_build_keeps_the_best_nodes_and_their_parents():
         assert tree.scores[i] <= tree.scores[tree.parents[i]]
 
 
+def test_nodes_come_depth_first_with_the_best_child_first():
+    """The likeliest path takes the slots right after the root, where its accepted tokens'
+    cache entries belong; every node still comes after its parent."""
+    drafts = [Draft((5,), 0.6, "a:x"), Draft((5, 6), 0.9, "a:x"), Draft((8,), 0.9, "b:y"),
+              Draft((8, 9), 0.9, "b:y"), Draft((8, 9, 4), 0.9, "b:y"), Draft((8, 3), 0.5, "c:z")]
+    tree = DraftTree.build(1, drafts, AcceptanceRates(), budget=16)
+    paths = [tuple(tree.path(i)[1:]) for i in range(len(tree))]
+    assert paths == [(), (8,), (8, 9), (8, 9, 4), (8, 3), (5,), (5, 6)]
+    assert tree.children[0] == [1, 5] and tree.children[1] == [2, 4]
+
+
 def test_rates_move_from_the_guess_to_what_was_observed():
     rates = AcceptanceRates(prior=4)
     draft = Draft((3,), 0.9, "a:x")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokenfill.checkpoint import load_model
+from tokenfill.checkpoint import load_model, save_model
 from tokenfill.model import KVCache, ModelConfig, Transformer, causal_mask, reference_logits
 
 from .conftest import tiny_config
@@ -185,3 +185,35 @@ def test_keep_returns_the_last_positions_logits(tiny_model):
             got = tiny_model(tokens, 0, tiny_model.new_cache(1, 70), keep=keep)
             assert got.shape[1] == keep
             torch.testing.assert_close(got, full[:, 70 - keep:], atol=1e-5, rtol=0)
+
+
+def test_packed_output_layer_gives_the_layers_logits():
+    """The packed copy of the output layer (several rows of an inference pass) gives the layer's
+    own logits, tied or not; one row, and passes without a cache, use the layer itself."""
+    for tie in (False, True):
+        model = Transformer.init_random(tiny_config(60, tie_word_embeddings=tie))
+        tokens = torch.randint(0, 60, (2, 9))
+        with torch.inference_mode():
+            plain = model(tokens, 0, model.new_cache(2, 16))
+            names = set(model.state_dict())
+            if not model.pack_output_layer():
+                pytest.skip("oneDNN is not available in this build of torch")
+            assert set(model.state_dict()) == names  # a copy beside the weights, not a weight
+            packed = model(tokens, 0, model.new_cache(2, 16))
+            one = model(tokens[:1, :1], 0, model.new_cache(1, 16))
+            training = model(tokens)
+        torch.testing.assert_close(packed, plain, atol=1e-5, rtol=0)
+        torch.testing.assert_close(one, plain[:1, :1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(training, plain, atol=1e-5, rtol=0)
+
+
+def test_loaded_checkpoints_pack_their_output_layer(tmp_path):
+    model = Transformer.init_random(tiny_config(60))
+    save_model(model, tmp_path, dtype=torch.float32)
+    loaded = load_model(tmp_path, torch.float32)
+    assert (loaded.packed_output is not None) == torch.backends.mkldnn.is_available()
+    tokens = torch.randint(0, 60, (1, 12))
+    with torch.inference_mode():
+        got = loaded(tokens, 0, loaded.new_cache(1, 16))
+        expected = reference_logits(model, tokens)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)

@@ -87,6 +87,7 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> Tra
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.transpose_projections()
+    model.pack_output_layer()
     return model.eval()
 
 

@@ -6,9 +6,11 @@ scores is then the number of drafted tokens a pass is expected to accept, and a 
 more of its own. The tree keeps the k best nodes, k at most `budget - 1`, chosen to maximise
 those expected tokens per unit of the pass's cost (`PassCost`, timed on this machine): wide
 trees where drafts are reliable or passes cheap, narrow ones where not. Since a child never
-scores above its parent, every kept node's parent is kept. The root is the token the pass starts from (the last one of the context). The tree runs in one
-forward pass: node i sits in cache slot start+i, at RoPE position start+depth, and sees the
-cache before `start` and its own ancestors (`mask`).
+scores above its parent, every kept node's parent is kept. The root is the token the pass
+starts from (the last one of the context). The tree runs in one forward pass: node i sits in
+cache slot start+i, at RoPE position start+depth, and sees the cache before `start` and its
+own ancestors (`mask`). Nodes come depth first, the best child first, so the likeliest path
+sits in slots start+1, start+2, ...
 """
 
 from __future__ import annotations
@@ -151,12 +153,20 @@ class DraftTree:
                 if expected / costs[k + 1] > best:
                     best, best_k = expected / costs[k + 1], k
             ranked = ranked[:best_k]
+        below: dict[tuple[int, ...], list[tuple[int, ...]]] = defaultdict(list)
+        for path in ranked:  # best first
+            if score[path] > 0:
+                below[path[:-1]].append(path)
         kept = {(): 0}
         tree = cls([root], [-1], [0], [()], [1.0], [[]])
-        for path in sorted(ranked, key=lambda p: (len(p), -score[p])):
-            parent = kept.get(path[:-1])
-            if parent is None or score[path] <= 0:
-                continue  # its parent was not drafted (cannot happen with well-formed drafters)
+        # depth first, the best child first: the likeliest path takes the slots right after the
+        # root, where the accepted tokens' cache entries belong, so they mostly need no moving
+        # (a path whose parent was not kept is never reached: well-formed drafters have none)
+        todo = below[()][::-1]
+        while todo:
+            path = todo.pop()
+            todo += below.get(path, [])[::-1]
+            parent = kept[path[:-1]]
             kept[path] = len(tree.tokens)
             tree.children[parent].append(len(tree.tokens))
             tree.tokens.append(path[-1])

@@ -136,8 +136,11 @@ class Speculator:
                 if over:
                     break
             self._count(out, tree, accepted)
-            if len(accepted) > 1:
-                cache.move(torch.tensor(accepted[1:]) + pos, pos + 1)
+            # node i was written to slot pos + i; the accepted ones belong in pos, pos + 1, ...
+            # (depth first, the likeliest path's nodes are there already: those stay)
+            first = next((i for i, node in enumerate(accepted) if node != i), len(accepted))
+            if first < len(accepted):
+                cache.move(torch.tensor(accepted[first:]) + pos, pos + first)
             pos += len(accepted)
             out.cache_valid = pos
             for drafter in self.drafters:
