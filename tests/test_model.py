@@ -177,14 +177,31 @@ def test_transposed_projections_keep_values_names_and_ties():
         assert model.embed_tokens.weight.is_contiguous()
 
 
-def test_keep_returns_the_last_positions_logits(tiny_model):
-    tokens = torch.randint(0, tiny_model.config.vocab_size, (1, 70))
-    with torch.no_grad():
-        full = tiny_model(tokens, 0, tiny_model.new_cache(1, 70))
-        for keep in (1, 3, 70):
-            got = tiny_model(tokens, 0, tiny_model.new_cache(1, 70), keep=keep)
-            assert got.shape[1] == keep
-            torch.testing.assert_close(got, full[:, 70 - keep:], atol=1e-5, rtol=0)
+@pytest.mark.parametrize("cached, T", [(0, 70), (20, 70), (20, 9), (0, 9)])
+def test_keep_returns_the_last_positions_logits_and_every_positions_cache(tiny_model, cached, T):
+    """`keep` runs the last block for the kept positions only: their logits, and the cache of
+    every position, are those of a full pass; with the fused kernel (70 tokens) and without,
+    after a cached prefix and from the start, causal and with a mask of its own."""
+    V = tiny_model.config.vocab_size
+    tokens = torch.randint(0, V, (1, cached + T), generator=torch.Generator().manual_seed(T))
+    g = torch.Generator().manual_seed(cached)
+    tree = torch.rand(T, T, generator=g) < 0.5
+    own = (tree | torch.eye(T, dtype=torch.bool)).tril()  # each sees itself and some before it
+    for mask in (None, own):
+        with torch.no_grad():
+            full_cache = tiny_model.new_cache(1, 96)
+            if cached:
+                tiny_model(tokens[:, :cached], 0, full_cache)
+            full = tiny_model(tokens[:, cached:], cached, full_cache, mask=mask)
+            for keep in (1, 3, T):
+                cache = tiny_model.new_cache(1, 96)
+                if cached:
+                    tiny_model(tokens[:, :cached], 0, cache)
+                got = tiny_model(tokens[:, cached:], cached, cache, mask=mask, keep=keep)
+                assert got.shape[1] == keep
+                torch.testing.assert_close(got, full[:, T - keep:], atol=1e-5, rtol=0)
+                torch.testing.assert_close(cache.k, full_cache.k, atol=1e-6, rtol=0)
+                torch.testing.assert_close(cache.v, full_cache.v, atol=1e-6, rtol=0)
 
 
 def test_packed_output_layer_gives_the_layers_logits():

@@ -174,30 +174,46 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * hd, bias=bias)
         self.o_proj = nn.Linear(self.n_head * hd, d, bias=False)
 
-    def qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv(self, x: Tensor, cos: Tensor, sin: Tensor, queries: int | None = None,
+            ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (B, H, Q, hd) for the last `queries` positions (all: None), keys and values
+        (B, KV, T, hd) for all of them."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)    # (B, KV, T, hd)
+        Q = T if queries is None else queries
+        q = self.q_proj(x[:, T - Q:]).view(B, Q, self.n_head, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return apply_rope(q, cos[T - Q:], sin[T - Q:]), apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None, layer: int, start: int) -> Tensor:
+                cache: KVCache | None, layer: int, start: int, queries: int | None = None,
+                ) -> Tensor:
+        """The attention output (B, Q, hidden) of the last Q = `queries` positions (all: None);
+        keys and values of all of them go into the cache."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x, cos, sin)
         if cache is None:  # training: one causal pass, fused kernel
+            q, k, v = self.qkv(x, cos, sin)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=self.n_kv != self.n_head)
-        else:
-            k, v = cache.update(layer, start, k, v)
-            if T >= LONG_QUERIES:  # a prompt: the fused kernel is faster, and faster still
-                # with its own causal mask (a prompt from the start comes without one: 3.7 ms
-                # against 5.2 ms per layer for 615 tokens)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                                   enable_gqa=self.n_kv != self.n_head)
-            else:  # `mask` here is the additive bias `attention_mask` makes of it
-                y = grouped_attention(q, k, v, mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        Q = T if queries is None else queries
+        q, k, v = self.qkv(x, cos, sin, Q)
+        k, v = cache.update(layer, start, k, v)
+        if Q < T and mask is not None:
+            mask = mask[T - Q:]  # the rows of the queries kept
+        if T >= LONG_QUERIES:  # a prompt: the fused kernel is faster, and faster still with its
+            # own causal mask (a prompt from the start comes without one: 3.7 ms against 5.2 ms
+            # per layer for 615 tokens); the last queries of one see the keys up to their own
+            if mask is None and Q < T:
+                mask = causal_mask(start + T - Q, Q) if Q > 1 else None
+                causal = False
+            else:
+                causal = mask is None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                               enable_gqa=self.n_kv != self.n_head)
+        else:  # `mask` here is the additive bias `attention_mask` makes of it
+            y = grouped_attention(q, k, v, mask)
+        return self.o_proj(y.transpose(1, 2).reshape(B, Q, -1))
 
 
 def grouped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
@@ -240,8 +256,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: KVCache | None, layer: int, start: int) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, start)
+                cache: KVCache | None, layer: int, start: int, queries: int | None = None,
+                ) -> Tensor:
+        """The block's output for the last `queries` positions (all: None)."""
+        y = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, start, queries)
+        x = (x if queries is None else x[:, x.shape[1] - queries:]) + y
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -279,8 +298,13 @@ class Transformer(nn.Module):
             positions = torch.arange(start, start + T, device=tokens.device)
         cos, sin = rope_tables(self.config, positions)
         x = self.embed_tokens(tokens)
+        last = len(self.layers) - 1
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, mask, cache, i, start)
+            # with a cache, the last block runs attention and its MLP for the kept positions
+            # only (it still writes every position's keys and values): a quarter of a prompt's
+            # work is in that block, and all of it but those keys and values goes unused
+            queries = keep if i == last and cache is not None and keep is not None else None
+            x = block(x, cos, sin, mask, cache, i, start, queries)
         if keep is not None:
             x = x[:, x.shape[1] - keep:]
         return self.output(self.norm(x), cache is not None).float()
