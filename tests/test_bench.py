@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tokenfill import bench
+from tokenfill.checkpoint import BUNDLED_MODEL
 
 
 def test_runtime_bench_reports_both_runtimes(model_dir):
@@ -23,3 +24,8 @@ def test_humaneval_bench_scores_batch_output(model_dir):
 
 def test_first_line_ignores_surrounding_whitespace():
     assert bench.first_line("    return x  \n    y") == "return x"
+
+
+def test_a_bench_names_its_model_as_it_must_be_given_again(tmp_path):
+    assert bench.model_option(BUNDLED_MODEL) == ""  # the default: nothing to give
+    assert bench.model_option(tmp_path / "other") == f" --model {tmp_path / 'other'}"

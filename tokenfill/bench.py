@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import BUNDLED_MODEL, load_model
 from .generate import generate, prefill
 from .hardware import MAX_THREADS, SMALL_PASS, describe_machine, resolve_dtype, use_threads_for
 from .tokenizer import Tokenizer
@@ -42,6 +42,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def header(command: str) -> str:
     return f"`{command}` on {describe_machine()}, {date.today().isoformat()}"
+
+
+def model_option(model: Path) -> str:
+    """The `--model` a bench's command line needs to run again: none for the bundled model
+    (the default), else the directory as it was given."""
+    return "" if Path(model).resolve() == BUNDLED_MODEL.resolve() else f" --model {model}"
 
 
 def same_threads(module, args, kwargs) -> None:
@@ -110,7 +116,7 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
             rows.append(f"| {impl} | {name} | {prompt_len / t_pre:,.0f} | "
                         f"{new_tokens / t_dec:,.0f} | {'yes' if same else 'NO'} |")
     return "\n".join([
-        header(f"tokenfill bench runtime --model {model_dir.name}"),
+        header(f"tokenfill bench runtime{model_option(model_dir)}"),
         f"prefill: one {prompt_len}-token prompt; decode: {new_tokens} greedy tokens after a "
         f"32-token prompt; median of {repeats} rounds, the runtimes taking turns; both with "
         f"tokenfill's threads per pass "
@@ -153,7 +159,7 @@ def bench_humaneval(model_dir: Path, limit: int = 0, dtype: str = "auto") -> str
     p50, p95 = percentile(ms, 0.5), percentile(ms, 0.95)
     tokens = statistics.mean(r["tokens"] for r in results)
     return "\n".join([
-        header(f"tokenfill bench humaneval --model {model_dir.name}" +
+        header(f"tokenfill bench humaneval{model_option(model_dir)}" +
                (f" --limit {limit}" if limit else "")),
         "",
         "| tasks | first-line exact match | ms p50 | ms p95 | completions/s (incl. load) | "

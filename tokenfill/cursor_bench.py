@@ -27,7 +27,7 @@ from rapidfuzz.distance import Levenshtein
 from tqdm import tqdm
 
 from . import holes, realcode
-from .bench import header, percentile
+from .bench import header, model_option, percentile
 from .completion import Engine
 from .cursor import CURSOR_MODES
 
@@ -109,7 +109,7 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
     counts = {k: sum(1 for p in pairs if p.kind == k) for k in holes.TOKEN_KINDS}
     counts["all"] = len(pairs)
     per_kind = ", ".join(f"{counts[k]} {k}" for k in holes.TOKEN_KINDS)
-    lines = [header(f"tokenfill bench cursor --model {model.name}"), "",
+    lines = [header(f"tokenfill bench cursor{model_option(model)}"), "",
              f"{len(pairs)} held-out cursors strictly inside tokens ({per_kind}), "
              f"each with its control (cursor at the token's start); exact match of the completed "
              f"line, greedy, max {max_tokens} tokens.", "",

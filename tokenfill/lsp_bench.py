@@ -22,7 +22,7 @@ from lsprotocol import types
 from pygls.lsp.client import BaseLanguageClient
 
 from . import holes, realcode
-from .bench import header, percentile
+from .bench import header, model_option, percentile
 from .lsp import LspSettings
 
 
@@ -148,7 +148,7 @@ def run(model: Path, n: int = 40, max_tokens: int = 16, seed: int = 0, typing_fi
     typed, sent, superseded = asyncio.run(typing_replay(
         model, regions(typing_files, typing_chars, seed), cps, max_tokens))
     return "\n".join([
-        header(f"tokenfill bench lsp --model {model.name}"),
+        header(f"tokenfill bench lsp{model_option(model)}"),
         "",
         f"{len(cursors)} mid-line cursors in held-out files, one document each, max {max_tokens} "
         f"tokens, greedy; {len(cursors) - len(lsp_ms)} declined by syntax-aware completion (a "

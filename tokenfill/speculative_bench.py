@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from . import holes, realcode
-from .bench import REPO_ROOT, header, percentile, same_threads
+from .bench import REPO_ROOT, header, model_option, percentile, same_threads
 from .checkpoint import fim_layout
 from .completion import Engine
 from .drafters import DRAFTERS
@@ -114,7 +114,7 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
     table = _table(rows, hf is not None)
     cached = max(1, min(600, engine.model.config.max_position_embeddings - 64))
     costs = pass_costs(engine.model, cached)
-    lines = [header(f"tokenfill bench speculative --per-kind {per_kind}"),
+    lines = [header(f"tokenfill bench speculative{model_option(model)} --per-kind {per_kind}"),
              f"greedy, at most {max_tokens} tokens, `--cursor-mode none`; {len(cases)} holes; "
              "tokens/s over decoding only; ms per completion from the prompt ids (prefill and "
              "decoding, as `transformers` is timed) over the holes that generated anything; "

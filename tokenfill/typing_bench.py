@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from . import realcode
-from .bench import header, percentile
+from .bench import header, model_option, percentile
 from .launch import ServerProcess
 
 
@@ -188,7 +188,7 @@ def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_
             server.stop()
     (p_on, e_on), (p_off, e_off) = figures["on"], figures["off"]
     return "\n".join([
-        header(f"tokenfill bench typing --model {model.name}"),
+        header(f"tokenfill bench typing{model_option(model)}"),
         "",
         f"{len(todo)} regions of {chars} characters from held-out files, typed at {cps:g} chars/s, "
         f"one /infill request per keystroke (n_predict {n_predict}), the previous one cancelled; "
