@@ -234,3 +234,18 @@ def test_loaded_checkpoints_pack_their_output_layer(tmp_path):
         got = loaded(tokens, 0, loaded.new_cache(1, 16))
         expected = reference_logits(model, tokens)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+
+
+def test_a_packed_product_that_disagrees_is_not_used(monkeypatch):
+    """Packing checks the packed product against the layer once; where this build of torch
+    gets it wrong (or lacks it), the layer itself is used."""
+    import tokenfill.model as model_module
+
+    model = Transformer.init_random(tiny_config(60))
+    monkeypatch.setattr(model_module, "packed_linear", lambda x, packed, bias: torch.zeros(
+        x.shape[0], packed.shape[0]))
+    assert model.pack_output_layer() is False and model.packed_output is None
+    tokens = torch.randint(0, 60, (1, 9))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(tokens, 0, model.new_cache(1, 16)), model(tokens),
+                                   atol=1e-5, rtol=0)

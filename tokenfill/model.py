@@ -318,23 +318,30 @@ class Transformer(nn.Module):
         if (packed is None or not inference or B * T < 2 or torch.is_grad_enabled()
                 or x.device.type != "cpu" or x.dtype != torch.float32):
             return self.lm_head(x)
-        return torch.ops.mkldnn._linear_pointwise(x.reshape(B * T, D), packed, self.lm_head.bias,
-                                                  "none", [], "").view(B, T, -1)
+        return packed_linear(x.reshape(B * T, D), packed, self.lm_head.bias).view(B, T, -1)
 
     def pack_output_layer(self) -> bool:
         """Keep a copy of the fp32 output layer's weights in oneDNN's own blocked layout, for the
         products of several rows (draft trees): 4,096 x 256 with 8 to 16 rows, 0.87 -> 0.63 ms
         and 1.15 -> 0.82 ms (BENCHMARKS.md); one row is no faster that way. A copy: call it once
-        the weights are final (`load_model` does). False where oneDNN is not available."""
+        the weights are final (`load_model` does). False, and the layer used as it is, where
+        this build of torch has no such product or its result differs from the layer's."""
         weight = self.lm_head.weight
         self.packed_output = None
-        if weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or \
+                not torch.backends.mkldnn.is_available():
             return False
         try:
-            self.packed_output = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+            with torch.inference_mode():  # tried once on a few rows against the layer itself
+                rows = torch.linspace(-1, 1, 3 * weight.shape[1]).view(3, -1)
+                same = torch.allclose(packed_linear(rows, packed, self.lm_head.bias),
+                                      self.lm_head(rows), atol=1e-4, rtol=1e-4)
         except (RuntimeError, AttributeError):
             return False
-        return True
+        if same:
+            self.packed_output = packed
+        return same
 
     def transpose_projections(self) -> None:
         """Keep each fp32 projection's weight (out, in) in memory as the transpose of an (in, out)
@@ -369,6 +376,12 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
         return model
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """x (N, in) times weights packed by `torch.ops.mkldnn._reorder_linear_weight` (out, in),
+    plus bias: (N, out)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def attention_mask(mask: Tensor | None, start: int, T: int) -> Tensor | None:
