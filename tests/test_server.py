@@ -232,6 +232,9 @@ def test_speculative_field_reaches_the_engine(server, speculative):
     if not on:
         assert timings["draft_n"] == 0 and timings["draft_n_accepted"] == 0
     assert timings["draft_n_accepted"] <= timings["draft_n"]
+    mean = timings["draft_n_accepted"] / timings["forwards"]
+    assert timings["draft_mean_accepted"] == pytest.approx(mean, abs=1e-3)
+    assert (f"{mean:.2f} per pass" in line) == on, line
 
 
 def test_a_comment_gets_no_completion_unless_invoked(server):

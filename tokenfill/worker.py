@@ -160,7 +160,8 @@ def log_job(job: Job, result: Completion) -> None:
     mode = job.options.get("cursor_mode", "exact")
     cursor = (f" cursor={mode}" + (f" ({result.cursor_ms:.1f}ms, {result.cursor_passes} passes, "
                                    "prompt included)" if result.cursor_passes else ""))
-    drafts = (f", {result.forwards} passes, drafts {result.accepted}/{result.drafted} accepted"
+    drafts = (f", {result.forwards} passes, drafts {result.accepted}/{result.drafted} accepted, "
+              f"{result.mean_accepted:.2f} per pass"
               if result.by_drafter is not None else f", {result.forwards} passes")
     log.info("%s completion: queue=%.1fms prompt=%.1fms (%d of %d tokens evaluated)%s "
              "generation=%.1fms (%d tokens%s)%s engine=%.1fms %s%s", job.id, job.queue_ms,

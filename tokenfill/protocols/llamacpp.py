@@ -67,7 +67,9 @@ def result_body(request: Request, result) -> dict:
                     "predicted_n": result.tokens, "predicted_ms": result.decode_ms,
                     "predicted_per_second": result.tokens / gen_s if gen_s > 0 else 0.0,
                     "draft_n": result.drafted, "draft_n_accepted": result.accepted,
-                    "forwards": result.forwards},
+                    # tokenfill's own: decoding passes, draft tokens accepted per pass
+                    "forwards": result.forwards,
+                    "draft_mean_accepted": round(result.mean_accepted, 3)},
         "tokens_cached": result.prompt_tokens - result.prompt_evaluated,
         "tokens_evaluated": result.prompt_evaluated, "truncated": False,
         "declined": result.skipped,  # tokenfill: why syntax-aware completion made none ("": it did)
