@@ -3,8 +3,9 @@
 The network takes token ids and returns logits; it knows nothing of text. Parameter names follow the
 Hugging Face layout (minus the leading `model.`), so checkpoints load without renaming tables.
 `forward` is the fast path (preallocated KV cache, scaled-dot-product attention, grouped-query
-attention without copying heads); `reference_logits` is the slow, obviously correct path (full
-recompute, explicit softmax attention, heads repeated) that tests compare against.
+attention without copying heads, the last block run for the kept positions only, the output
+layer of several rows on packed weights); `reference_logits` is the slow, obviously correct path
+(full recompute, explicit softmax attention, heads repeated) that tests compare against.
 """
 
 from __future__ import annotations
