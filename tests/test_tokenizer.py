@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenfill.tokenizer import STARCODER_SPECIALS, Tokenizer
+from tokenfill.tokenizer import STARCODER_SPECIALS, Tokenizer, first_char
 
 
 @pytest.mark.parametrize("special", STARCODER_SPECIALS)
@@ -63,3 +63,15 @@ def test_encode_piece_takes_raw_bytes_as_one_piece(tokenizer):
     cut = "日".encode()[:2]  # half a character: the library cannot encode it as text
     ids = tokenizer.encode_piece(cut)
     assert ids and tokenizer.decode_bytes(ids) == cut
+
+
+def test_first_chars_name_each_tokens_first_character(tokenizer):
+    assert first_char("é1".encode()) == "é" and first_char(b"\xa9x") is None and first_char(b"") is None
+    table = tokenizer.token_bytes
+    for t, c in enumerate(tokenizer.first_chars):
+        data = table[t]
+        if c is None:  # empty, or starting with bytes that are no whole character
+            assert not data or data[0] >= 0x80
+        else:
+            assert data.startswith(c.encode())
+    assert any(c is None for c in tokenizer.first_chars[5:])  # byte-level tokens cut characters

@@ -154,18 +154,25 @@ class ExactCursor:
         """Fill in the group's canonical next tokens from the distribution after its seq. Tokens
         that end within q (those that ended while the group waited unresolved) open new groups,
         which are returned."""
-        table = self.tok.token_bytes
-        longer = [i for i in self.index.starting_with(g.q) if len(table[i]) > len(g.q)]
+        table, n = self.tok.token_bytes, len(g.q)
+        longer = self.index.starting_with(g.q)  # all of them for b"" (every token has bytes)
+        if n:
+            longer = [i for i in longer if len(table[i]) > n]
         within = [i for i in self.index.prefixes_of(g.q) if len(table[i]) > g.open_from]
         ids = longer + within
         probs = logprobs[ids].exp().tolist() if ids else []
         valid = canonical(self.tok, g.seq, self.tok.decode_bytes(g.seq), ids, probs, self.floor)
-        kept = [(i, p) for i, p, ok in zip(ids, probs, valid) if ok and p > 0]
-        g.tokens = [(table[i], p, i) for i, p in kept if len(table[i]) > len(g.q)]
-        if not g.q and self._is_encoding(g.seq):
+        g.tokens, opened = [], []
+        for i, p, ok in zip(ids, probs, valid):  # the canonical tokens with some probability
+            if ok and p > 0:
+                data = table[i]
+                if len(data) > n:
+                    g.tokens.append((data, p, i))
+                else:
+                    opened.append(Group(g.seq + (i,), g.logp + math.log(p), g.q[len(data):]))
+        if not n and self._is_encoding(g.seq):
             g.end = float(sum(logprobs[i].exp() for i in self.end_ids if i < logprobs.numel()))
-        return [Group(g.seq + (i,), g.logp + math.log(p), g.q[len(table[i]):])
-                for i, p in kept if len(table[i]) <= len(g.q)]
+        return opened
 
     def _is_encoding(self, seq: tuple[int, ...]) -> bool:
         """Is seq the tokenizer's encoding of its text, so that the middle may end after it?"""
@@ -347,9 +354,10 @@ def canonical(tokenizer: Tokenizer, seq: tuple[int, ...], text: bytes, candidate
         text_str, strict = "", False
     if strict:
         pieces, whole, starts = tokenizer.pretokenize(text_str), tokenizer.whole_pieces, {}
+        first = tokenizer.first_chars
         check = []
         for k, t in enumerate(candidates):
-            c = _first_char(tokenizer.token_bytes[t])
+            c = first[t]
             if c is not None and whole[t] is not None:
                 if c not in starts:
                     after = tokenizer.pretokenize(text_str + c)
@@ -379,15 +387,6 @@ def canonical(tokenizer: Tokenizer, seq: tuple[int, ...], text: bytes, candidate
             out[k] = any(tuple(ids[:len(want)]) == want
                          for ids in probed[n * len(PROBES):(n + 1) * len(PROBES)])
     return out
-
-
-def _first_char(data: bytes) -> str | None:
-    for n in range(1, min(4, len(data)) + 1):
-        try:
-            return data[:n].decode()
-        except UnicodeDecodeError:
-            continue
-    return None
 
 
 class NoRoom(Exception):

@@ -144,6 +144,11 @@ class Tokenizer:
         return out
 
     @cached_property
+    def first_chars(self) -> list[str | None]:
+        """Per token: the first character its bytes spell (None where they start inside one)."""
+        return [first_char(data) for data in self.token_bytes]
+
+    @cached_property
     def prefix_index(self) -> PrefixIndex:
         """Ordinary tokens sorted by their bytes, to find every token that starts with some bytes."""
         table = self.token_bytes
@@ -154,6 +159,16 @@ class Tokenizer:
     def _detect_decoder(spec: dict | None) -> str:
         """'bytelevel' (GPT-2 style byte stand-ins) or 'metaspace' (sentencepiece style)."""
         return "metaspace" if spec and "ByteLevel" not in json.dumps(spec) else "bytelevel"
+
+
+def first_char(data: bytes) -> str | None:
+    """The character that `data` starts with, or None when it starts inside one (or is empty)."""
+    for n in range(1, min(4, len(data)) + 1):
+        try:
+            return data[:n].decode()
+        except UnicodeDecodeError:
+            continue
+    return None
 
 
 class PrefixIndex:
