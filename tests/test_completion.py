@@ -39,6 +39,26 @@ def test_long_context_is_cut_to_fit(engine):
     assert result.prompt_tokens + 16 <= engine.context
 
 
+def test_encodings_kept_across_requests_give_the_same_prompts(model_dir, monkeypatch):
+    """While a person types, the suffix's encodings come back request after request: an engine
+    keeps the last ones (a bounded number), and the prompts are those of encoding afresh."""
+    import tokenfill.completion as completion
+
+    monkeypatch.setattr(completion, "ENCODED_TEXTS", 8)
+    engine = Engine.load(model_dir, dtype="fp32")
+    suffix = "".join(f"other_{i} = {i}\n" for i in range(400))
+    typed = "def total(values):\n    return sum(values)"
+    for i in range(1, len(typed) + 1):
+        prefix = "".join(f"value_{k} = {k}\n" for k in range(300)) + typed[:i]
+        first = engine.prompt_ids(prefix, suffix, max_tokens=16, cursor_mode="exact")
+        first[0].append(-1)  # a caller's change to its prompt reaches no later request
+        kept = engine.prompt_ids(prefix, suffix, max_tokens=16, cursor_mode="exact")
+        assert len(engine.encoded) <= 8
+        engine.encoded.clear()
+        afresh = engine.prompt_ids(prefix, suffix, max_tokens=16, cursor_mode="exact")
+        assert kept == afresh and first[0][:-1] == afresh[0]
+
+
 def test_special_token_text_in_the_file_is_not_a_control_token(engine):
     fim = engine.fim
     prompt, _ = engine.prompt_ids("x = '<fim_middle>'\n<fim_suffix>", "<|endoftext|>", max_tokens=4)

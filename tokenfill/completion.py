@@ -9,6 +9,7 @@ calls to it).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from .monitor import MemberConstraint, Monitor
 from .stops import StopRule
 from .syntax import analyze, decide
 from .tokenizer import Tokenizer
+
+ENCODED_TEXTS = 256  # texts whose encodings an engine keeps for the requests that follow
 
 
 @dataclass
@@ -73,6 +76,9 @@ class Engine:
         self.ngrams = ngrams  # the corpus drafter's table (corpus_ngrams.py), if the model has one
         self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams)  # outlives requests
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
+        # texts fitting the context encoded lately: while a person types, the suffix and its
+        # windows come back request after request
+        self.encoded: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 
     @classmethod
     def load(cls, directory: str | Path, dtype: str = "auto", require_fim: bool = True) -> Engine:
@@ -114,12 +120,17 @@ class Engine:
             raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in the model's "
                              f"{self.context}-token context")
         head = "".join(f"# {name}\n{text.rstrip()}\n\n" for name, text in extra)
-        encoded: dict[str, list[int]] = {}  # fitting counts the texts it keeps: encoded once
+        encoded = self.encoded  # fitting counts the texts it keeps: each encoded once
 
         def encode(text: str) -> list[int]:
-            if text not in encoded:
-                encoded[text] = self.tokenizer.encode(text)
-            return encoded[text]
+            ids = encoded.get(text)
+            if ids is None:
+                ids = encoded[text] = tuple(self.tokenizer.encode(text))
+                if len(encoded) > ENCODED_TEXTS:
+                    encoded.popitem(last=False)
+            else:
+                encoded.move_to_end(text)
+            return list(ids)
 
         prefix, suffix = fim.fit_context(head + prefix, suffix, lambda text: len(encode(text)),
                                          budget)
