@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve demo test install bench clean tools
+.PHONY: serve demo test test-fast install bench clean tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[eval]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,13 +34,18 @@ tools:
 		 apt-get install -y -qq chromium neovim >/dev/null) \
 		|| echo "chromium / neovim could not be installed: the browser and editor tests will skip"; }
 
+# Everything CI must prove: unit tests, the real servers, the browser, the editor, the benches.
 test: $(VENV)/.installed-test tools
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed-test
-	$(VENV)/bin/tokenfill bench runtime
-	$(VENV)/bin/tokenfill bench humaneval
-	$(VENV)/bin/tokenfill bench typing
+# The unit tier, for the edit-test loop (under 2 minutes on 2 cores): no subprocesses, no training.
+test-fast: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+bench: $(VENV)/.installed-bench
+	$(PY) -m benchmarks runtime
+	$(PY) -m benchmarks humaneval
+	$(PY) -m benchmarks typing
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
 
-from tokenfill.checkpoint import save_model
-from tokenfill.model import ModelConfig, Transformer
-from tokenfill.tokenizer import Tokenizer, train_bpe
+from tokenfill.runtime.checkpoint import save_model
+from tokenfill.runtime.model import ModelConfig, Transformer
+from tokenfill.runtime.tokenizer import Tokenizer, train_bpe
 
 # Property tests draw the same examples on every run, so a run's result does not depend on luck;
 # HYPOTHESIS_PROFILE=explore draws fresh ones (and finds the cases worth adding as @example).

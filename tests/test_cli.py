@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from tokenfill.cli import cursor_offset, UsageError
+from tokenfill.cli import UsageError, cursor_offset
+
+pytestmark = pytest.mark.e2e
 
 
 def run(*args, cwd=None):
@@ -110,7 +112,7 @@ def test_complete_without_syntax_decodes_raw(tmp_path, model_dir):
 def test_ngrams_builds_the_table_the_engine_then_drafts_from(tmp_path, model_dir):
     import shutil
 
-    from tokenfill.completion import Engine
+    from tokenfill.completion.engine import Engine
 
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)

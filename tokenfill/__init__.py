@@ -1,10 +1,8 @@
-"""tokenfill: code completion at the cursor from a local language model."""
+"""tokenfill: code completion at the cursor from a local language model.
 
-import os
-
-# OpenMP threads that spin while waiting turn a busy machine (an editor, a browser, a build) into
-# a 10x slowdown of every small matrix product; sleeping instead costs little when the machine
-# is idle (see BENCHMARKS.md). Set before torch loads its OpenMP runtime; a user's setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+The layers, each a folder: `runtime` (the network, checkpoints, tokenizer, decoding on token
+ids), `speculative` (draft trees), `completion` (the request, the engine, cursor modes, stops,
+syntax), `serve` (the worker, the HTTP protocols, the language server), `train` and `eval`.
+"""
 
 __version__ = "0.1.0"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import BUNDLED_MODEL
-
-SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+from tokenfill import process
+from tokenfill.paths import BUNDLED_MODEL, DEMO_FILE, shared_data
 
 
 class UsageError(Exception):
@@ -42,30 +42,28 @@ def add_speculative_option(p: argparse.ArgumentParser, what: str = "") -> None:
 
 
 def add_cursor_option(p: argparse.ArgumentParser, what: str = "") -> None:
-    p.add_argument("--cursor-mode", default="exact", choices=["exact", "heal", "none"],
+    from tokenfill.completion.cursor_modes import CURSOR_MODES
+
+    p.add_argument("--cursor-mode", default="exact", choices=list(CURSOR_MODES),
                    help=f"a cursor inside a token{what}: exact (default) conditions on the exact "
                         "bytes before it, heal is token healing, none encodes the prefix as is")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokenfill", description="Code completion at the cursor "
-                                     "from a local language model.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("complete", help="print the completion at a cursor in a file")
+def complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
     p.add_argument("--column", type=int, required=True,
                    help="1-based column of the cursor, in characters (1: before the first)")
     add_model_options(p)
 
-    p = sub.add_parser("batch", help="complete every task of a JSON-lines file")
+
+def batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="JSON lines with id, prefix, suffix")
     p.add_argument("-o", "--output", type=Path, required=True)
     add_model_options(p)
 
-    p = sub.add_parser("serve", help="serve completions over HTTP (OpenAI, Mistral FIM, "
-                                     "llama.cpp /infill, Ollama)")
+
+def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
                    help="checkpoint directory in Hugging Face layout (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -84,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_speculative_option(p, " (for requests without a speculative field)")
     add_syntax_option(p, " (for requests without a syntax field)")
 
-    sub.add_parser("lsp", help="a language server over stdio (inline completion, completion)")
 
-    p = sub.add_parser("demo", help="complete a few cursors of an example file")
+def lsp_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
 
-    p = sub.add_parser("train", help="train the bundled model's recipe")
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, default=Path("runs/small"),
                    help="working directory: corpus, tokenizer, resumable state (default runs/small)")
     p.add_argument("--out", type=Path, default=None,
@@ -111,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if a state exists")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("eval", help="run a benchmark task (HumanEval pass@1, real-code holes, "
-                                    "token accuracy, latency)")
+
+def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", help="humaneval-single, humaneval-multi, humaneval-span-light, "
                                 "realcode, tokens, latency, or all (the default suite, written "
                                 "to BENCHMARKS.md)")
@@ -125,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     add_cursor_option(p)
 
-    p = sub.add_parser("corpus", help="build the training corpus and print what it holds")
+
+def corpus_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
 
-    p = sub.add_parser("ngrams", help="build the corpus drafter's n-gram table beside a model "
-                       "(speculative decoding)")
+
+def ngrams_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("corpus", type=Path, help="code to count: a corpus from `tokenfill corpus` or "
                    "`tokenfill train` (JSON lines, .gz or .xz too; its training split), or a "
                    "directory (every .py file under it)")
@@ -145,32 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "predicts next is counted too, so the table drafts what the model writes "
                         "(default 2,000,000: about 5 minutes on two CPU cores; 0: off)")
 
-    p = sub.add_parser("bench", help="measure the runtime and the completions (BENCHMARKS.md)")
-    p.add_argument("what", choices=["runtime", "humaneval", "typing", "lsp", "cursor",
-                                    "speculative", "syntax"])
-    p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
-    p.add_argument("--limit", type=int, default=0, help="at most this many tasks (0: all)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="runtime: the dtype to measure (auto: both); humaneval: as for complete")
-    p.add_argument("--files", type=int, default=12, help="typing: held-out files to type in")
-    p.add_argument("--chars", type=int, default=120, help="typing: characters typed per file")
-    p.add_argument("--cps", type=float, default=15.0, help="typing: characters per second")
-    p.add_argument("--load-clients", type=int, default=8, help="typing: concurrent typists")
-    p.add_argument("--load-seconds", type=float, default=60.0, help="typing: load phase length")
-    p.add_argument("--per-kind", type=int, default=50,
-                   help="cursor: holes per token kind (identifier, number, operator, "
-                        "indentation); speculative: holes per kind (block-body, multi-line, "
-                        "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
-                        "block-body, dot-identifier)")
-    p.add_argument("--no-transformers", action="store_true",
-                   help="speculative: skip the comparison with transformers generate")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenfill", description="Code completion at the cursor "
+                                     "from a local language model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, arguments, _) in COMMANDS.items():
+        arguments(sub.add_parser(name, help=help_text))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    process.configure()  # before anything loads torch
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][2](args)
     except UsageError as e:
         print(f"tokenfill: error: {e}", file=sys.stderr)
         return 2
@@ -179,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_engine(args: argparse.Namespace):
-    from .checkpoint import CheckpointError
-    from .completion import Engine
-    from .fim import FimUnsupportedError
+    from tokenfill.completion.engine import Engine
+    from tokenfill.completion.fim import FimUnsupportedError
+    from tokenfill.runtime.checkpoint import CheckpointError
 
     try:
         return Engine.load(args.model, dtype=args.dtype)
@@ -189,14 +181,20 @@ def load_engine(args: argparse.Namespace):
         raise UsageError(f"cannot load model {args.model}: {e}") from e
 
 
-def sampling_of(args: argparse.Namespace):
-    from .generate import Sampling
+def request_of(args: argparse.Namespace, prefix: str, suffix: str, **more):
+    """The completion request at one cursor, with the command line's options."""
+    from tokenfill.completion.request import CompletionRequest, RequestError
+    from tokenfill.runtime.generate import Sampling
 
     if args.max_tokens < 1:
         raise UsageError("--max-tokens must be at least 1")
     try:
-        return Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    except ValueError as e:
+        return CompletionRequest(
+            prefix=prefix, suffix=suffix, max_tokens=args.max_tokens,
+            sampling=Sampling(temperature=args.temperature, top_p=args.top_p, seed=args.seed),
+            cursor_mode=args.cursor_mode, speculative=args.speculative, syntax=args.syntax,
+            **more)
+    except (RequestError, ValueError) as e:
         raise UsageError(str(e)) from e
 
 
@@ -227,12 +225,10 @@ def read_source(path: Path) -> str:
 def cmd_complete(args: argparse.Namespace) -> int:
     text = read_source(args.file)
     offset = cursor_offset(text, args.line, args.column, str(args.file))
-    sampling = sampling_of(args)
+    request_of(args, "", "")  # bad options fail before the model loads
     engine = load_engine(args)
-    result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
-                             sampling=sampling, cursor_mode=args.cursor_mode,
-                             speculative=args.speculative, syntax=args.syntax, invoked=True,
-                             path=str(args.file))
+    result = engine.complete(request_of(args, text[:offset], text[offset:], invoked=True,
+                                        path=str(args.file)))
     print(result.text)
     return 0
 
@@ -245,7 +241,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     if not args.input.is_file():
         raise UsageError(f"{args.input}: no such file")
-    sampling = sampling_of(args)
+    request_of(args, "", "")  # bad options fail before the model loads
     engine = load_engine(args)
     with open(args.input, encoding="utf-8") as f:
         lines = f.read().splitlines()
@@ -261,10 +257,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 skipped += 1
                 continue
             start = time.perf_counter()
-            result = engine.complete(task["prefix"], task.get("suffix", ""),
-                                     max_tokens=args.max_tokens, sampling=sampling,
-                                     cursor_mode=args.cursor_mode, speculative=args.speculative,
-                                     syntax=args.syntax, invoked=True)
+            result = engine.complete(request_of(args, task["prefix"], task.get("suffix", ""),
+                                                invoked=True))
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens, forwards=result.forwards)
             if args.speculative:
@@ -302,7 +296,6 @@ def parse_task(line: str) -> dict:
     return task
 
 
-DEMO_FILE = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 DEMO_CURSORS = [  # (line, column) in examples/demo.py
     (8, 24), (14, 22), (20, 5), (29, 14),
 ]
@@ -310,14 +303,12 @@ DEMO_CURSORS = [  # (line, column) in examples/demo.py
 
 def cmd_demo(args: argparse.Namespace) -> int:
     text = read_source(DEMO_FILE)
-    sampling = sampling_of(args)
+    request_of(args, "", "")  # bad options fail before the model loads
     engine = load_engine(args)
     print(f"tokenfill demo: model {args.model}, file {DEMO_FILE.name}\n")
     for line, column in DEMO_CURSORS:
         offset = cursor_offset(text, line, column)
-        result = engine.complete(text[:offset], text[offset:], max_tokens=args.max_tokens,
-                                 sampling=sampling, cursor_mode=args.cursor_mode,
-                                 speculative=args.speculative, syntax=args.syntax)
+        result = engine.complete(request_of(args, text[:offset], text[offset:]))
         shown = text[:offset].rsplit("\n", 1)[-1]
         print(f"line {line}, column {column}:  {shown}\u2502")
         print(f"  completion ({result.tokens} tokens, {result.total_ms:.0f} ms): {result.text!r}\n")
@@ -329,7 +320,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .server import ServerSettings, create_app
+    from tokenfill.serve.app import ServerSettings, create_app
 
     for needed in ("config.json", "tokenizer.json"):
         if not (args.model / needed).is_file():
@@ -337,6 +328,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.slots < 1:
         raise UsageError("--slots must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    process.few_arenas()
     settings = ServerSettings(model=args.model, dtype=args.dtype, api_key=args.api_key,
                               max_body_bytes=args.max_body_bytes, n_slots=args.slots,
                               cache_reuse=not args.no_cache_reuse,
@@ -347,21 +339,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_lsp(args: argparse.Namespace) -> int:
-    from .lsp import main as lsp_main
+    from tokenfill.serve.lsp import main as lsp_main
 
+    process.few_arenas()
     lsp_main()
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainArgs, train
+    from tokenfill.train.recipe import TrainArgs, train
 
     train(TrainArgs(run=args.run, out=args.out, preset=args.preset, steps=args.steps,
                     max_minutes=args.max_minutes, batch_size=args.batch_size, seq_len=args.seq_len,
                     vocab_size=args.vocab_size, lr=args.lr, warmup=args.warmup,
                     eval_every=args.eval_every, save_every=args.save_every,
                     workers=args.workers, compile=args.compile, resume=not args.no_resume,
-                    benchmark_dir=SHARED_DATA if SHARED_DATA.is_dir() else None,
+                    benchmark_dir=shared_data(),
                     progress=not args.no_progress))
     return 0
 
@@ -369,10 +362,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from . import eval as evaluation
+    try:
+        import matplotlib  # noqa: F401
+        import rapidfuzz  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"evaluation needs {e.name}: pip install 'tokenfill[eval]'") from None
+
+    from tokenfill.eval import tasks as evaluation
 
     if args.task == "all":
-        from .report import run_all
+        from tokenfill.eval.report import run_all
 
         out = args.out or Path("runs/eval/results.json")
         result = run_all(args.model, seed=args.seed, out=out, dtype=args.dtype,
@@ -399,32 +398,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from . import corpus
+    from tokenfill.train import corpus
 
     stats = corpus.build(corpus.Manifest.load(), args.out,
-                         benchmark_dir=SHARED_DATA if SHARED_DATA.is_dir() else None)
+                         benchmark_dir=shared_data())
     print(stats)
     return 0
 
 
 def cmd_ngrams(args: argparse.Namespace) -> int:
-    from . import corpus_ngrams
+    from tokenfill.speculative import ngram_table
 
     if not (args.model / "tokenizer.json").is_file():
         raise UsageError(f"{args.model}: no tokenizer.json (a checkpoint directory is needed)")
     try:
-        texts = corpus_ngrams.source_texts(args.corpus)
+        texts = ngram_table.source_texts(args.corpus)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from e
     if not texts:
         raise UsageError(f"{args.corpus}: no Python files to count")
     if args.predict < 0:
         raise UsageError("--predict: a number of tokens, 0 or more")
-    table = corpus_ngrams.build_beside(args.model, texts, min_count=args.min_count,
+    table = ngram_table.build_beside(args.model, texts, min_count=args.min_count,
                                        min_share=args.min_share, predict=args.predict,
                                        source=args.corpus.name)
     by_order = ", ".join(f"{n}: {count:,}" for n, count in table.by_order().items())
-    print(f"{args.model / corpus_ngrams.FILE}: {len(table):,} contexts ({by_order} tokens long), "
+    print(f"{args.model / ngram_table.FILE}: {len(table):,} contexts ({by_order} tokens long), "
           f"{table.nbytes() / 2**20:.1f} MB, from {len(texts):,} files, "
           f"{table.info['tokens']:,} tokens")
     if "predicted" in table.info:
@@ -434,39 +433,26 @@ def cmd_ngrams(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
-
-    if args.what == "syntax":
-        from . import syntax_bench
-
-        print(syntax_bench.run(args.model, per_kind=args.per_kind))
-    elif args.what == "speculative":
-        from . import speculative_bench
-
-        print(speculative_bench.run(args.model, per_kind=args.per_kind,
-                                    compare_transformers=not args.no_transformers))
-    elif args.what == "cursor":
-        from . import cursor_bench
-
-        print(cursor_bench.run(args.model, per_kind=args.per_kind,
-                               suffix_holes=2 * args.per_kind))
-    elif args.what == "lsp":
-        from . import lsp_bench
-
-        print(lsp_bench.run(args.model))
-    elif args.what == "typing":
-        from . import typing_bench
-
-        print(typing_bench.run(args.model, files=args.files, chars=args.chars, cps=args.cps,
-                               load_clients=args.load_clients, load_seconds=args.load_seconds))
-    elif args.what == "runtime":
-        dtypes = ("fp32", "bf16") if args.dtype == "auto" else (args.dtype,)
-        print(bench.bench_runtime(args.model, dtypes=dtypes))
-    else:
-        print(bench.bench_humaneval(args.model, limit=args.limit, dtype=args.dtype))
-    return 0
-
-
-COMMANDS = {"serve": cmd_serve, "lsp": cmd_lsp, "complete": cmd_complete, "batch": cmd_batch, "demo": cmd_demo, "train": cmd_train,
-            "corpus": cmd_corpus, "ngrams": cmd_ngrams, "bench": cmd_bench, "eval": cmd_eval}
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {  # name: (help, arguments, run)
+    "complete": ("print the completion at a cursor in a file",
+        complete_arguments, cmd_complete),
+    "batch": ("complete every task of a JSON-lines file",
+        batch_arguments, cmd_batch),
+    "serve": ("serve completions over HTTP (OpenAI, Mistral FIM, "
+                                     "llama.cpp /infill, Ollama)",
+        serve_arguments, cmd_serve),
+    "lsp": ("a language server over stdio (inline completion, completion)",
+        lsp_arguments, cmd_lsp),
+    "demo": ("complete a few cursors of an example file",
+        demo_arguments, cmd_demo),
+    "train": ("train the bundled model's recipe",
+        train_arguments, cmd_train),
+    "eval": ("run a benchmark task (HumanEval pass@1, real-code holes, "
+                                    "token accuracy, latency)",
+        eval_arguments, cmd_eval),
+    "corpus": ("build the training corpus and print what it holds",
+        corpus_arguments, cmd_corpus),
+    "ngrams": ("build the corpus drafter's n-gram table beside a model "
+                       "(speculative decoding)",
+        ngrams_arguments, cmd_ngrams),
+}

@@ -1,0 +1,1 @@
+"""The benches behind BENCHMARKS.md: `python -m benchmarks WHAT` from a checkout."""

@@ -1,0 +1,103 @@
+"""`python -m benchmarks WHAT`: run one bench, print its table, and rewrite its section of
+BENCHMARKS.md (between its markers) unless `--no-write`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tokenfill import process
+from tokenfill.paths import BENCHMARKS_MD, BUNDLED_MODEL
+
+
+def runtime(args: argparse.Namespace) -> str:
+    from benchmarks.runtime import bench_runtime
+
+    return bench_runtime(args.model, dtypes=("fp32", "bf16") if args.dtype == "auto"
+                         else (args.dtype,))
+
+
+def humaneval(args: argparse.Namespace) -> str:
+    from benchmarks.humaneval import bench_humaneval
+
+    return bench_humaneval(args.model, limit=args.limit, dtype=args.dtype)
+
+
+def typing(args: argparse.Namespace) -> str:
+    from benchmarks import typing_load
+
+    return typing_load.run(args.model, files=args.files, chars=args.chars, cps=args.cps,
+                           load_clients=args.load_clients, load_seconds=args.load_seconds)
+
+
+def lsp(args: argparse.Namespace) -> str:
+    from benchmarks import lsp
+
+    return lsp.run(args.model)
+
+
+def cursor(args: argparse.Namespace) -> str:
+    from benchmarks import cursor
+
+    return cursor.run(args.model, per_kind=args.per_kind, suffix_holes=2 * args.per_kind)
+
+
+def speculative(args: argparse.Namespace) -> str:
+    from benchmarks import speculative
+
+    return speculative.run(args.model, per_kind=args.per_kind,
+                           compare_transformers=not args.no_transformers)
+
+
+def syntax(args: argparse.Namespace) -> str:
+    from benchmarks import syntax
+
+    return syntax.run(args.model, per_kind=args.per_kind)
+
+
+BENCHES = {"runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
+           "cursor": cursor, "speculative": speculative, "syntax": syntax}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="measure the runtime and the completions "
+                                            "(BENCHMARKS.md)")
+    p.add_argument("what", choices=list(BENCHES))
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
+    p.add_argument("--no-write", action="store_true",
+                   help="print the table only; leave BENCHMARKS.md as it is")
+    p.add_argument("--limit", type=int, default=0, help="humaneval: at most this many tasks")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="runtime: the dtype to measure (auto: both); humaneval: as for complete")
+    p.add_argument("--files", type=int, default=12, help="typing: held-out files to type in")
+    p.add_argument("--chars", type=int, default=120, help="typing: characters typed per file")
+    p.add_argument("--cps", type=float, default=15.0, help="typing: characters per second")
+    p.add_argument("--load-clients", type=int, default=8, help="typing: concurrent typists")
+    p.add_argument("--load-seconds", type=float, default=60.0, help="typing: load phase length")
+    p.add_argument("--per-kind", type=int, default=50,
+                   help="cursor: holes per token kind (identifier, number, operator, "
+                        "indentation); speculative: holes per kind (block-body, multi-line, "
+                        "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
+                        "block-body, dot-identifier)")
+    p.add_argument("--no-transformers", action="store_true",
+                   help="speculative: skip the comparison with transformers generate")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    process.configure()  # before anything loads torch
+    args = build_parser().parse_args(argv)
+    from tokenfill.eval.report import update_section
+
+    table = BENCHES[args.what](args)
+    print(table)
+    if not args.no_write and not table.startswith("skipped"):
+        update_section(f"bench-{args.what}", table, BENCHMARKS_MD)
+        print(f"\n{BENCHMARKS_MD.name}: section bench-{args.what} rewritten", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The real language server over stdio, driven by pytest-lsp's client."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+pytestmark = pytest.mark.e2e
+
+URI = "file:///work/demo.py"
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "tokenfill",
+                                                              "lsp"]))
+async def client(lsp_client: LanguageClient, request):
+    model = request.getfixturevalue("chatty_model_dir")
+    encodings = getattr(request, "param", None)
+    general = types.GeneralClientCapabilities(position_encodings=encodings) if encodings else None
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(general=general),
+        initialization_options={"model": str(model), "debounceMs": 0, "maxTokens": 6,
+                                # the fake model says only 'a' or 'b', never the partial word:
+                                # plumbing is tested here, cursor modes in test_cursor
+                                "cursorMode": "none"}))
+    lsp_client.server_capabilities = result.capabilities
+    yield
+    await lsp_client.shutdown_session()
+
+
+def open_doc(client: LanguageClient, text: str) -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        types.TextDocumentItem(uri=URI, language_id="python", version=1, text=text)))
+
+
+def inline(client, line, character, kind=types.InlineCompletionTriggerKind.Invoked, selected=None):
+    return client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(URI), position=types.Position(line, character),
+        context=types.InlineCompletionContext(trigger_kind=kind, selected_completion_info=selected)))
+
+
+@pytest.mark.asyncio
+async def test_inline_completion_after_incremental_edits(client: LanguageClient):
+    open_doc(client, "def f(x):\n    return \n")
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(
+            range=types.Range(types.Position(1, 11), types.Position(1, 11)), text="x + ")]))
+    items = await inline(client, 1, 15)
+    assert items and all(i.insert_text and set(i.insert_text) <= {"a", "b"} for i in items)
+    assert items[0].range == types.Range(types.Position(1, 15), types.Position(1, 15))
+    automatic = await inline(client, 1, 15, types.InlineCompletionTriggerKind.Automatic)
+    assert len(automatic) == 1
+
+
+@pytest.mark.asyncio
+async def test_selected_completion_is_extended(client: LanguageClient):
+    open_doc(client, "value = obj.ap\n")
+    span = types.Range(types.Position(0, 12), types.Position(0, 14))
+    items = await inline(client, 0, 14, selected=types.SelectedCompletionInfo(span, "append"))
+    assert items and all(i.insert_text.startswith("append") and i.range == span for i in items)
+
+
+@pytest.mark.asyncio
+async def test_completion_fallback_is_one_text_edit(client: LanguageClient):
+    open_doc(client, "x = \n")
+    result = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(URI), position=types.Position(0, 4)))
+    assert len(result.items) == 1
+    edit = result.items[0].text_edit
+    assert edit.range.start == types.Position(0, 4) and edit.new_text
+
+
+@pytest.mark.asyncio
+async def test_acceptance_counts_and_llm_ls_requests(client: LanguageClient):
+    open_doc(client, "y = \n")
+    got = await client.protocol.send_request_async("llm-ls/getCompletions", {
+        "textDocument": {"uri": URI}, "position": {"line": 0, "character": 4}})
+    assert got.completions and got.completions[0].generated_text
+    await client.workspace_execute_command_async(types.ExecuteCommandParams("tokenfill.accept", ["a"]))
+    await client.protocol.send_request_async("llm-ls/rejectCompletion", {"completion_id": "1"})
+    counts = await client.protocol.send_request_async("tokenfill/stats", {})
+    assert counts.accepted == 1 and counts.rejected == 1 and counts.requests >= 1
+
+
+@pytest.mark.asyncio
+async def test_unknown_document_is_an_error_not_a_crash(client: LanguageClient):
+    with pytest.raises(Exception):
+        await client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier("file:///nowhere.py"),
+            position=types.Position(5, 0),
+            context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked)))
+    open_doc(client, "z = \n")
+    assert await inline(client, 0, 4)  # still serving
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("client,expected", [(None, "utf-16"), (["utf-8", "utf-16"], "utf-8")],
+                         indirect=["client"])
+async def test_position_encoding_is_negotiated(client: LanguageClient, expected):
+    assert client.server_capabilities.position_encoding == expected
+    line = "s = 'é✓𝄞' + "  # 𝄞 is two UTF-16 units and four UTF-8 bytes
+    open_doc(client, line + "\n")
+    units = len(line.encode("utf-16-le")) // 2 if expected == "utf-16" else len(line.encode())
+    items = await inline(client, 0, units)
+    assert items and items[0].range.start == types.Position(0, units)
+
+
+def test_offsets_on_non_ascii_lines_follow_the_encoding():
+    from pygls.workspace import PositionCodec, TextDocument
+
+    line = "s = 'é✓𝄞' + x\n"
+    cursor = line.index("+")
+    for encoding, column in [("utf-16", len(line[:cursor].encode("utf-16-le")) // 2),
+                             ("utf-8", len(line[:cursor].encode())), ("utf-32", cursor)]:
+        doc = TextDocument(URI, line, position_codec=PositionCodec(encoding=encoding))
+        assert doc.offset_at_position(types.Position(0, column)) == cursor
+
+
+async def configure(client: LanguageClient, **settings) -> None:
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+        settings={"tokenfill": settings}))
+
+
+@pytest.mark.asyncio
+async def test_cancel_request_aborts_the_engine(client: LanguageClient):
+    import asyncio
+    import time
+
+    await configure(client, maxTokens=2000)
+    open_doc(client, "long = \n")
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(URI), position=types.Position(0, 7),
+        context=types.InlineCompletionContext(types.InlineCompletionTriggerKind.Invoked))
+    pending = asyncio.ensure_future(client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="to-cancel"))  # sent now
+    await asyncio.sleep(0.5)
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="to-cancel"))
+    with pytest.raises(Exception, match="[Cc]ancel"):
+        await pending
+    await configure(client, maxTokens=4)
+    start = time.perf_counter()
+    assert await inline(client, 0, 7)  # not stuck behind the cancelled generation
+    assert time.perf_counter() - start < 5
+    counts = await client.protocol.send_request_async("tokenfill/stats", {})
+    assert counts.cancelled == 1
+
+
+@pytest.mark.asyncio
+async def test_newer_request_supersedes_older(client: LanguageClient):
+    import asyncio
+
+    await configure(client, maxTokens=2000)
+    open_doc(client, "first = \n")
+    older = asyncio.ensure_future(inline(client, 0, 8, types.InlineCompletionTriggerKind.Automatic))
+    await asyncio.sleep(0.5)
+    await configure(client, maxTokens=4)
+    newer = await inline(client, 0, 8, types.InlineCompletionTriggerKind.Automatic)
+    assert newer and await older is None
+    counts = await client.protocol.send_request_async("tokenfill/stats", {})
+    assert counts.superseded >= 1
+
+
+@pytest.mark.asyncio
+async def test_a_model_that_fails_to_load_is_an_error_until_a_good_one_is_set(
+        client: LanguageClient, request):
+    """Loading runs off the event loop: the server answers meanwhile, and a bad model directory
+    is the completions' error, not a crash."""
+    await configure(client, model="/nowhere/model")
+    open_doc(client, "x = \n")
+    with pytest.raises(Exception, match="tokenizer.json|nowhere"):
+        await inline(client, 0, 4)
+    counts = await client.protocol.send_request_async("tokenfill/stats", {})  # still answering
+    assert counts.requests >= 1
+    await configure(client, model=str(request.getfixturevalue("chatty_model_dir")))
+    assert await inline(client, 0, 4)

@@ -1,0 +1,1 @@
+"""Completion at the cursor: the request, the engine, FIM prompts, cursor modes, stops, syntax."""

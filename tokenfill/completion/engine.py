@@ -1,0 +1,289 @@
+"""Completions at a cursor: text before and after it in, the text to insert out.
+
+The Engine joins the layers: syntax decides whether to complete, the FIM format builds the prompt
+in ids (the context fitted to the model's window, prefix favoured, cut at line boundaries), the
+cursor mode starts the middle, decoding runs on ids under its constraints, and the stop rule
+watches each new token. The engine holds one model; it is not thread-safe (a server serialises
+calls to it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokenfill.completion import cursor, fim, utf8
+from tokenfill.completion.cursor_modes import CURSOR_MODES, Begun, Plain
+from tokenfill.completion.monitor import MemberConstraint, Monitor
+from tokenfill.completion.request import CompletionRequest
+from tokenfill.completion.stops import StopRule
+from tokenfill.completion.syntax import CursorContext, analyze, decide
+from tokenfill.runtime.checkpoint import fim_layout, load_model
+from tokenfill.runtime.generate import Generation, generate
+from tokenfill.runtime.hardware import resolve_dtype
+from tokenfill.runtime.model import KVCache, Transformer
+from tokenfill.runtime.slots import SlotPool
+from tokenfill.runtime.tokenizer import Tokenizer
+from tokenfill.speculative import ngram_table
+from tokenfill.speculative.decoding import Speculator
+from tokenfill.speculative.ngram_table import NGramTable
+
+ENCODED_TEXTS = 256  # texts whose encodings an engine keeps for the requests that follow
+
+
+@dataclass
+class Completion:
+    text: str                  # to insert at the cursor
+    tokens: int                # decode steps: tokens, and bytes generated one at a time (exact)
+    finish_reason: str         # "stop", "length", "time" (budget spent) or "aborted"
+    prompt_tokens: int
+    prompt_evaluated: int      # prompt tokens run through the model; the rest came from a KV slot
+    prefill_ms: float
+    decode_ms: float
+    total_ms: float
+    stop_string: str = ""      # the stop string that ended it, if one did
+    cursor_ms: float = 0.0     # exact: the prompt and the partial word's bytes, one at a time
+    cursor_passes: int = 0     # exact: forward passes that took (the first runs the prompt too)
+    forwards: int = 0          # decoding passes (speculative: one per draft tree)
+    drafted: int = 0           # speculative: draft tokens verified
+    accepted: int = 0          # speculative: draft tokens accepted
+    by_drafter: dict[str, list[int]] | None = None  # speculative: name -> [drafted, accepted]
+    mode: str = ""             # syntax: "line" or "block" (empty with syntax off)
+    skipped: str = ""          # syntax: why no completion was made here, when none was
+    members: int = 0           # syntax: the attribute names decoding was held to after `name.`
+
+    @property
+    def mean_accepted(self) -> float:
+        """Draft tokens accepted per decoding pass (each pass also yields one of its own)."""
+        return self.accepted / self.forwards if self.forwards else 0.0
+
+    @classmethod
+    def declined(cls, mode: str, reason: str, start: float) -> Completion:
+        """None made: syntax-aware completion found nothing to write here (`reason`)."""
+        return cls(text="", tokens=0, finish_reason="stop", prompt_tokens=0, prompt_evaluated=0,
+                   prefill_ms=0.0, decode_ms=0.0, total_ms=(time.perf_counter() - start) * 1000,
+                   mode=mode, skipped=reason)
+
+    @classmethod
+    def aborted(cls) -> Completion:
+        """Cancelled before it ran: no model time spent."""
+        return cls("", 0, "aborted", 0, 0, 0.0, 0.0, 0.0)
+
+    @classmethod
+    def made(cls, request: CompletionRequest, out: _Output, prompt: Prompt, begun: Begun,
+             gen: Generation, cached: int, start: float) -> Completion:
+        text = out.finish()
+        return cls(text=text, tokens=begun.stepped + len(gen.tokens),
+                   finish_reason=out.reason or gen.finish_reason,
+                   prompt_tokens=len(prompt.ids), prompt_evaluated=len(prompt.ids) - cached,
+                   prefill_ms=begun.prefill_ms, decode_ms=gen.decode_s * 1000,
+                   total_ms=(time.perf_counter() - start) * 1000, stop_string=out.rule.matched,
+                   cursor_ms=begun.cursor_ms, cursor_passes=begun.passes, forwards=gen.forwards,
+                   drafted=gen.drafted, accepted=gen.accepted,
+                   by_drafter=gen.by_drafter if request.speculative else None,
+                   mode=out.rule.mode or "", members=out.members)
+
+
+class Engine:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, name: str = "model",
+                 require_fim: bool = True, fim_layout: str = "psm",
+                 ngrams: NGramTable | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        try:
+            self.fim: fim.FimTokens | None = fim.detect(tokenizer, fim_layout)
+        except fim.FimUnsupportedError:
+            if require_fim:
+                raise
+            self.fim = None  # plain left-to-right completion only; a suffix is refused
+        self.context = model.config.max_position_embeddings
+        self.name = name
+        self.ngrams = ngrams  # the corpus drafter's table (ngram_table.py), if the model has one
+        self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams)  # outlives requests
+        self.monitor = Monitor()  # attribute names after `name.`, cached per document
+        # texts fitting the context encoded lately: while a person types, the suffix and its
+        # windows come back request after request
+        self.encoded: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+
+    @classmethod
+    def load(cls, directory: str | Path, dtype: str = "auto", require_fim: bool = True) -> Engine:
+        directory = Path(directory)
+        tokenizer = Tokenizer.from_file(directory / "tokenizer.json")
+        if require_fim:
+            fim.detect(tokenizer)  # before the weights: fail fast on a checkpoint without FIM tokens
+        model = load_model(directory, resolve_dtype(dtype))
+        return cls(model, tokenizer, name=directory.name, require_fim=require_fim,
+                   fim_layout=fim_layout(directory), ngrams=ngram_table.beside(directory))
+
+    @property
+    def end_ids(self) -> frozenset[int]:
+        if self.fim is not None:
+            return self.fim.stops
+        eos = self.tokenizer.token_id("<|endoftext|>") or self.tokenizer.token_id("</s>")
+        return frozenset() if eos is None else frozenset({eos})
+
+    def check(self, request: CompletionRequest) -> None:
+        """Refuse what this model cannot do, before any work: a suffix needs FIM tokens."""
+        if self.fim is None and request.suffix:
+            raise fim.FimUnsupportedError("this model has no fill-in-the-middle tokens, so it "
+                                          "cannot use the text after the cursor (suffix)")
+
+    def complete(self, request: CompletionRequest, *, slots: SlotPool | None = None,
+                 abort: Callable[[], bool] | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Completion:
+        """The completion at the request's cursor.
+
+        With `slots`, the prompt runs in a KV cache slot, reusing the longest cached prefix
+        unless the request says not to. `abort` is polled after every token; `on_text` receives
+        the text as it becomes final, in pieces whose concatenation is the completion.
+        """
+        start = time.perf_counter()
+        context = analyze(request.prefix, request.suffix) if request.syntax else None
+        decision = decide(context, invoked=request.invoked) if context is not None else None
+        if decision is not None and not decision.complete and request.max_tokens > 0:
+            return Completion.declined(decision.mode, decision.reason, start)
+        max_tokens = min(request.max_tokens, self.context // 2)
+        prompt = self.prompt(request, max_tokens)
+        out = _Output(self.stop_rule(request, context), on_text, abort,
+                      start + request.time_budget_ms / 1000 if request.time_budget_ms else None)
+        slot, cached = slots.acquire(prompt.ids, request.reuse) if slots else (None, 0)
+        cached = min(cached, len(prompt.ids) - 1)  # the last prompt token runs: its logits count
+        cache = slot.cache if slot else self.model.new_cache(1, self.context)
+        generator = request.sampling.generator()
+        with torch.inference_mode():
+            begun = prompt.mode.begin(
+                self.model, self.tokenizer, cache, prompt.ids, cached,
+                prompt.forced, sampling=request.sampling, generator=generator, on_bytes=out.feed,
+                end_ids=self.end_ids, max_tokens=max_tokens)
+            gen = self.decode(request, context, prompt, begun, cache, out, generator, max_tokens)
+        if slot is not None:
+            slot.ids = (prompt.ids + list(begun.path) + gen.tokens)[:gen.cache_valid]
+        return Completion.made(request, out, prompt, begun, gen, cached, start)
+
+    def prompt(self, request: CompletionRequest, max_tokens: int) -> Prompt:
+        """The FIM prompt, with prefix and suffix cut to leave room for `max_tokens`, and the
+        bytes the middle must start with: what the cursor mode took back from the prefix's end.
+
+        `request.extra` is context from other files, (filename, text) pairs: it goes before the
+        prefix as plain text, each chunk headed by a `# filename` comment, and is the first text
+        cut.
+        """
+        self.check(request)
+        mode = CURSOR_MODES[request.cursor_mode]
+        reserve = mode.reserve(self.tokenizer, request.prefix, self.context // 8)
+        budget = self.context - max_tokens - reserve - (self.fim.overhead if self.fim else 0)
+        if budget < 0:
+            raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in the model's "
+                             f"{self.context}-token context")
+        head = "".join(f"# {name}\n{text.rstrip()}\n\n" for name, text in request.extra)
+        prefix, suffix = fim.fit_context(head + request.prefix, request.suffix,
+                                         lambda text: len(self.encode(text)), budget)
+        prefix_ids, forced = mode.cut(self.tokenizer, prefix, self.encode)
+        if self.fim is None:  # a left-to-right prompt; an empty one starts at an end-of-text token
+            return Prompt(prefix_ids or sorted(self.end_ids)[:1] or [0], forced, mode)
+        return Prompt(self.fim.prompt(prefix_ids, self.encode(suffix)), forced, mode)
+
+    def encode(self, text: str) -> list[int]:
+        """The text's ids, kept for the texts fitted lately: while a person types, the suffix and
+        its windows come back request after request."""
+        ids = self.encoded.get(text)
+        if ids is None:
+            ids = self.encoded[text] = tuple(self.tokenizer.encode(text))
+            if len(self.encoded) > ENCODED_TEXTS:
+                self.encoded.popitem(last=False)
+        else:
+            self.encoded.move_to_end(text)
+        return list(ids)
+
+    def stop_rule(self, request: CompletionRequest, context: CursorContext | None) -> StopRule:
+        return StopRule(self.tokenizer, request.prefix, request.suffix, stop_strings=request.stop,
+                        n_indent=request.n_indent, single_line=request.single_line,
+                        syntax=request.syntax, context=context)
+
+    def constraints(self, request: CompletionRequest, context: CursorContext | None,
+                    out: _Output, need: bytes) -> tuple[list, int]:
+        """What decoding must respect: whole UTF-8 characters, the bytes still to spell, and after
+        `name.` the members static analysis finds. Also how many members those were."""
+        before = request.prefix.encode() + out.rule.data  # the needed bytes are spelled again
+        before = before[:len(before) - len(need)]
+        vocab = len(self.tokenizer.token_bytes)
+        found: list = [utf8.Guard(self.tokenizer.token_bytes, vocab, utf8.incomplete_tail(before))]
+        if need:
+            found.append(cursor.Constraint(self.tokenizer, need))
+        members: tuple[str, ...] = ()
+        if context is not None and context.after_dot:
+            members = self.monitor.members(request.prefix, request.suffix, context, request.path,
+                                           request.project)
+            if members:
+                found.append(MemberConstraint(self.tokenizer, members, before))
+        return found, len(members)
+
+    def decode(self, request: CompletionRequest, context: CursorContext | None, prompt: Prompt,
+               begun: Begun, cache: KVCache, out: _Output, generator: torch.Generator | None,
+               max_tokens: int) -> Generation:
+        """Tokens after the prompt phase, to the end token, a stop, the limit or an abort."""
+        done = len(prompt.ids) + len(begun.path)
+        if begun.ended:
+            return Generation(finish_reason="stop", cache_valid=done)
+        out.skip = len(begun.need)  # spelled again by the first tokens: already in the text
+        constraints, out.members = self.constraints(request, context if max_tokens > 0 else None,
+                                                    out, begun.need)
+        run = self.speculator.generate if request.speculative else generate
+        return run(self.model, prompt.ids + list(begun.path),
+                   min(max_tokens - begun.stepped, cache.max_seq - done), end_ids=self.end_ids,
+                   sampling=request.sampling, should_stop=out.feed_token, cache=cache,
+                   cached=done, vocab_limit=len(self.tokenizer.token_bytes), logits=begun.logits,
+                   constraints=constraints, generator=generator)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    forced: bytes          # the bytes the middle must start with (the cursor mode took them back)
+    mode: Plain            # the cursor mode that cut it
+
+
+class _Output:
+    """The generated bytes on their way out: the stop rule, the abort and the time budget see
+    each piece, and `on_text` gets the text as it becomes final. The first `skip` bytes of the
+    token phase are text the completion already holds (or the user typed) and are passed over."""
+
+    def __init__(self, rule: StopRule, on_text: Callable[[str], None] | None,
+                 abort: Callable[[], bool] | None, deadline: float | None):
+        self.rule, self.on_text, self.abort, self.deadline = rule, on_text, abort, deadline
+        self.skip = 0
+        self.sent = ""
+        self.reason: str | None = None  # "aborted" or "time"
+        self.members = 0                # attribute names decoding was held to after `name.`
+
+    def feed(self, data: bytes) -> bool:
+        """Take the next bytes; True when the completion must end here."""
+        if self.skip:
+            taken = min(self.skip, len(data))
+            data, self.skip = data[taken:], self.skip - taken
+        if data and self.rule.feed(data):
+            return True
+        if self.on_text is not None:
+            committed = self.rule.committed()
+            if len(committed) > len(self.sent):
+                self.on_text(committed[len(self.sent):])
+                self.sent = committed
+        if self.abort is not None and self.abort():
+            self.reason = "aborted"
+        elif self.deadline is not None and time.perf_counter() > self.deadline:
+            self.reason = "time"
+        return self.reason is not None
+
+    def feed_token(self, token: int) -> bool:
+        return self.feed(self.rule.token_bytes[token])
+
+    def finish(self) -> str:
+        text = self.rule.text()
+        if self.on_text is not None and len(text) > len(self.sent):
+            self.on_text(text[len(self.sent):])
+        return text

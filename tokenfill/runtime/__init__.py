@@ -1,0 +1,1 @@
+"""The runtime: the network, its checkpoints and tokenizer, KV slots, decoding. It speaks token ids."""

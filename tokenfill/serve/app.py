@@ -1,0 +1,161 @@
+"""`tokenfill serve`: one HTTP server for the protocols editors speak, over one model worker.
+
+The app is built by `create_app(settings)`. The model loads in a background thread at start-up;
+until it is ready, completion routes answer 503. Every request gets an id (the `X-Request-Id`
+header), and a log line with its timings: queue, prompt (tokens evaluated vs cached), generation.
+Routes come from the protocol adapters' ROUTES lists (tokenfill/protocols/).
+
+Superseding rule: a request that names its client supersedes that client's older request still
+in flight, which is aborted. The client is named by llama.cpp's `id_slot`, OpenAI's and Mistral's
+`user`, or the `X-Tokenfill-Client` header (any protocol). A request with none of these
+supersedes nothing. A client that disconnects aborts its own request, within one decode step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from tokenfill.completion.engine import Engine
+from tokenfill.paths import BUNDLED_MODEL, STATIC
+from tokenfill.serve.protocols import llamacpp, mistral, ollama, openai
+from tokenfill.serve.protocols.common import HTTPError
+from tokenfill.serve.worker import Worker
+
+log = logging.getLogger("tokenfill.server")
+
+
+@dataclass
+class ServerSettings:
+    model: Path = BUNDLED_MODEL
+    dtype: str = "auto"
+    api_key: str | None = None
+    max_body_bytes: int = 2 * 2**20
+    n_slots: int = 4
+    cache_reuse: bool = True
+    cursor_mode: str = "exact"                       # for requests that do not say (cursor_modes.py)
+    speculative: bool = True                         # for requests that do not say (speculative/)
+    syntax: bool = True                              # for requests that do not say (syntax.py)
+    default_max_tokens: int = 64
+    open_paths: tuple[str, ...] = ("/health", "/")   # reachable without the API key
+
+
+def error_body(status: int, message: str) -> dict:
+    return {"error": {"message": message, "code": status,
+                      "type": "invalid_request_error" if status < 500 else "server_error"}}
+
+
+class RequestContext:
+    """ASGI middleware: request id header, API key check, one log line per request."""
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = f"req-{uuid.uuid4().hex[:12]}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        start = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append("X-Request-Id", request_id)
+            await send(message)
+
+        key = self.settings.api_key
+        if key and scope["path"] not in self.settings.open_paths:
+            headers = dict(scope["headers"])
+            if headers.get(b"authorization", b"").decode() != f"Bearer {key}":
+                response = JSONResponse(error_body(401, "missing or wrong API key: send "
+                                                   "'Authorization: Bearer KEY'"), status_code=401)
+                return await response(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log_request(request_id, scope, status, (time.perf_counter() - start) * 1000)
+
+
+def log_request(request_id: str, scope, status: int, total_ms: float) -> None:
+    log.info("%s %s %s %d %.1fms", request_id, scope["method"], scope["path"], status, total_ms)
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, HTTPError):
+        status, message = exc.status, exc.message
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        message = {404: f"no route {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}.get(
+                       status, str(exc.detail))
+    else:
+        status, message = 500, "internal error"
+    if status >= 500 and status != 503:
+        log.error("%s failed: %s", getattr(request.state, "request_id", "?"), message)
+    return JSONResponse(error_body(status, message), status_code=status)
+
+
+PLAYGROUND = STATIC / "playground.html"
+
+
+async def playground(request: Request) -> HTMLResponse:
+    """A code editor that shows completions as grey ghost text while you type (Tab accepts)."""
+    return HTMLResponse(PLAYGROUND.read_text())
+
+
+async def stats(request: Request) -> JSONResponse:
+    """tokenfill's own counters: jobs completed / aborted / superseded / failed, KV slot reuse."""
+    worker = request.app.state.worker
+    if worker is None:
+        raise HTTPError(503, "the model is still loading; try again shortly")
+    return JSONResponse({"worker": asdict(worker.stats), "slots": asdict(worker.slots.stats)})
+
+
+def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starlette:
+    """The ASGI app; pass `engine` to serve an already loaded one (tests), else it loads."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        def load() -> None:
+            try:
+                loaded = engine or Engine.load(settings.model, settings.dtype, require_fim=False)
+                app.state.worker = Worker(loaded, n_slots=settings.n_slots,
+                                          reuse=settings.cache_reuse)
+                log.info("model %s ready (%s FIM)", loaded.name,
+                         loaded.fim.format.name if loaded.fim else "no")
+            except Exception as e:  # reported by /health and every completion route
+                app.state.load_error = f"{type(e).__name__}: {e}"
+                log.error("model failed to load: %s", app.state.load_error)
+
+        app.state.worker, app.state.load_error = None, None
+        threading.Thread(target=load, name="tokenfill-load", daemon=True).start()
+        yield
+        if app.state.worker is not None:
+            app.state.worker.close()
+
+    routes = [*openai.ROUTES, *mistral.ROUTES, *llamacpp.ROUTES, *ollama.ROUTES,
+              Route("/stats", stats, methods=["GET"]), Route("/", playground, methods=["GET"])]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPError: on_http_error, HTTPException: on_http_error,
+                                        Exception: on_http_error})
+    app.state.settings = settings
+    app.state.worker, app.state.load_error = None, None
+    app.add_middleware(RequestContext, settings=settings)
+    return app

@@ -1,0 +1,316 @@
+"""`tokenfill lsp`: a language server (stdio) that offers completions at the cursor.
+
+- `textDocument/inlineCompletion` (LSP 3.18): several items when invoked, one when automatic;
+  a `selectedCompletionInfo` is honoured (items extend the selected text and use its range).
+- `textDocument/completion`: one item, the completion as a text edit at the cursor, for editors
+  without inline completion.
+- Incremental sync; `positionEncoding` negotiated by pygls (UTF-16 unless the client offers UTF-8).
+- Per document: automatic requests wait `debounceMs`, and a newer request for the same document
+  supersedes the older one, whose engine work is aborted; `$/cancelRequest` aborts it too.
+- Settings from `initializationOptions` or `workspace/didChangeConfiguration` (under `tokenfill`
+  or flat): `model` (checkpoint directory), `serverUrl` (a running `tokenfill serve` to use
+  instead of an in-process engine), `maxTokens`, `singleLine`, `debounceMs`, `cursorMode`
+  (`exact`, `heal` or `none`: how a cursor inside a token is handled).
+- Accepted and rejected completions are counted (an item's `tokenfill.accept` command, or llm-ls's
+  `llm-ls/acceptCompletion` / `llm-ls/rejectCompletion`); `tokenfill/stats` returns the counts.
+- `llm-ls/getCompletions` is answered too, so llm.nvim, llm-vscode and llm-intellij work unchanged.
+A model loads in a thread (at `initialize`, and when the settings name another one), so the server
+keeps answering meanwhile; completions wait for it, and a model that fails to load is their error.
+A failing request is logged (stderr) and answered with an LSP error; the server keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import httpx
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from tokenfill import __version__
+from tokenfill.completion.cursor_modes import CURSOR_MODES
+from tokenfill.completion.request import UNLIMITED_TOKENS, CompletionRequest
+from tokenfill.paths import BUNDLED_MODEL
+from tokenfill.runtime.generate import Sampling
+
+log = logging.getLogger("tokenfill.lsp")
+ACCEPT_COMMAND = "tokenfill.accept"
+
+
+@dataclass
+class LspSettings:
+    model: str = str(BUNDLED_MODEL)
+    serverUrl: str | None = None  # noqa: N815 (the editors' JSON spelling)
+    maxTokens: int = 64           # noqa: N815
+    singleLine: bool = False      # noqa: N815
+    debounceMs: int = 40          # noqa: N815
+    cursorMode: str = "exact"     # noqa: N815
+
+    def update(self, options: Any) -> None:
+        """Take the settings given; a value of the wrong kind is logged and left out, so the
+        completions that follow still work."""
+        if not isinstance(options, dict):
+            return
+        options = options.get("tokenfill", options)
+        if not isinstance(options, dict):
+            return
+        known = {f.name for f in fields(self)}
+        for key, value in options.items():
+            if key not in known or value is None:
+                continue
+            problem = setting_problem(key, value)
+            if problem:
+                log.warning("ignored setting %s=%r: %s", key, value, problem)
+            else:
+                setattr(self, key, value)
+
+
+_SETTING_KINDS = {"model": str, "serverUrl": str, "maxTokens": int, "singleLine": bool,
+                  "debounceMs": int, "cursorMode": str}
+
+
+def setting_problem(key: str, value: Any) -> str:
+    """What is wrong with a setting's value ("" when nothing is)."""
+    kind = _SETTING_KINDS[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        return f"expected {'a whole number' if kind is int else kind.__name__}"
+    if key == "cursorMode" and value not in CURSOR_MODES:
+        return f"expected one of {', '.join(CURSOR_MODES)}"
+    if key == "maxTokens" and not 1 <= value <= UNLIMITED_TOKENS:
+        return f"expected 1 to {UNLIMITED_TOKENS}"
+    if key == "debounceMs" and not 0 <= value <= 10_000:
+        return "expected 0 to 10000"
+    return ""
+
+
+@dataclass
+class Counts:
+    requests: int = 0
+    shown: int = 0
+    superseded: int = 0
+    cancelled: int = 0
+    accepted: int = 0
+    rejected: int = 0
+
+
+class InProcessBackend:
+    """The engine in this process, behind the same worker the HTTP server uses."""
+
+    def __init__(self, model: str):
+        from tokenfill.completion.engine import Engine
+        from tokenfill.serve.worker import Worker
+
+        self.worker = Worker(Engine.load(model), n_slots=2)
+
+    async def complete(self, key: str, request: CompletionRequest) -> str:
+        from tokenfill.serve.worker import Job
+
+        job = Job(request=request, key=key)
+        self.worker.submit(job)
+        try:
+            while True:
+                kind, value = await job.events.get()
+                if kind == "done":
+                    return value.text
+                if kind == "error":
+                    raise RuntimeError(value)
+        finally:
+            job.cancel("cancelled by the editor")  # no-op once done
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+class RemoteBackend:
+    """A running `tokenfill serve`, through its llama.cpp `/infill` route."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.client = httpx.AsyncClient(timeout=60)
+
+    async def complete(self, key: str, request: CompletionRequest) -> str:
+        r = await self.client.post(self.url + "/infill", json=infill_body(key, request))
+        r.raise_for_status()
+        return r.json()["content"]
+
+    def close(self) -> None:
+        pass
+
+
+def infill_body(key: str, request: CompletionRequest) -> dict:
+    """The request as llama.cpp's `/infill` body, with tokenfill's own fields for the rest."""
+    s = request.sampling
+    return {"input_prefix": request.prefix, "input_suffix": request.suffix,
+            "n_predict": request.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
+            "top_k": s.top_k, "min_p": s.min_p, "seed": -1 if s.seed is None else s.seed,
+            "stop": list(request.stop), "n_indent": request.n_indent, "id_slot": key,
+            "cache_prompt": request.reuse, "cursor_mode": request.cursor_mode,
+            "speculative": request.speculative, "syntax": request.syntax,
+            "invoked": request.invoked, "single_line": request.single_line,
+            "path": request.path, "project": request.project}
+
+
+class TokenfillServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("tokenfill", __version__)
+        self.settings = LspSettings()
+        self.counts = Counts()
+        self.backend: asyncio.Future | None = None  # -> InProcessBackend | RemoteBackend
+        self.latest: dict[str, int] = {}
+        self.ids = itertools.count(1)
+
+    def configure(self, options: Any) -> None:
+        """Apply settings; a new model or server URL loads a new backend in a thread, so the
+        server keeps answering (completions wait for it; a failed load is their error)."""
+        before = (self.settings.model, self.settings.serverUrl)
+        self.settings.update(options)
+        if self.backend is None or before != (self.settings.model, self.settings.serverUrl):
+            self.backend = asyncio.ensure_future(self._load(self.backend, self.settings.model,
+                                                            self.settings.serverUrl))
+
+    @staticmethod
+    async def _load(previous: asyncio.Future | None, model: str, url: str | None
+                    ) -> InProcessBackend | RemoteBackend:
+        if previous is not None:
+            try:
+                old = await previous
+            except Exception as e:  # noqa: BLE001 (its completions were answered with the error)
+                log.warning("the previous backend had failed to load: %s", e)
+            else:
+                old.close()
+        backend = RemoteBackend(url) if url else await asyncio.to_thread(InProcessBackend, model)
+        log.info("backend: %s", url or model)
+        return backend
+
+    async def completions(self, uri: str, position: types.Position, n: int, automatic: bool,
+                          head: str = "") -> list[str] | None:
+        """Up to `n` distinct completions at `position`, or None when superseded."""
+        ticket = next(self.ids)
+        self.latest[uri] = ticket
+        self.counts.requests += 1
+        try:
+            if automatic and self.settings.debounceMs > 0:
+                await asyncio.sleep(self.settings.debounceMs / 1000)
+                if self.latest.get(uri) != ticket:
+                    self.counts.superseded += 1
+                    return None
+            doc = self.workspace.get_text_document(uri)
+            offset = doc.offset_at_position(position)
+            prefix, suffix = doc.source[:offset] + head, doc.source[offset:]
+            texts: list[str] = []
+            for i in range(n):
+                sampling = Sampling() if i == 0 else Sampling(temperature=0.7, top_p=0.95, seed=i)
+                # shielded: a cancelled request must not cancel the backend's loading
+                backend = await asyncio.shield(self.backend)
+                text = await backend.complete(uri, CompletionRequest(
+                    prefix=prefix, suffix=suffix, max_tokens=self.settings.maxTokens,
+                    single_line=self.settings.singleLine, sampling=sampling,
+                    cursor_mode=self.settings.cursorMode, invoked=not automatic, path=doc.path,
+                    project=self.workspace.root_path))
+                if self.latest.get(uri) != ticket:
+                    self.counts.superseded += 1
+                    return None
+                if text and text not in texts:
+                    texts.append(text)
+            self.counts.shown += len(texts)
+            return texts
+        except asyncio.CancelledError:
+            self.counts.cancelled += 1
+            raise
+
+
+server = TokenfillServer()
+
+
+@server.feature(types.INITIALIZE)
+def initialize(ls: TokenfillServer, params: types.InitializeParams) -> None:
+    ls.configure(params.initialization_options)
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def did_change_configuration(ls: TokenfillServer, params: types.DidChangeConfigurationParams):
+    ls.configure(params.settings)
+
+
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION)
+async def inline_completion(ls: TokenfillServer, params: types.InlineCompletionParams
+                            ) -> list[types.InlineCompletionItem] | None:
+    automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
+    selected = params.context.selected_completion_info
+    position, head = params.position, ""
+    if selected is not None:  # extend the selected item: complete after its text
+        doc = ls.workspace.get_text_document(params.text_document.uri)
+        start = doc.offset_at_position(selected.range.start)
+        end = doc.offset_at_position(position)
+        head = selected.text[end - start:] if selected.text.startswith(
+            doc.source[start:end]) else ""
+    texts = await ls.completions(params.text_document.uri, position, 1 if automatic else 3,
+                                 automatic, head)
+    if not texts:
+        return None
+    items = []
+    for text in texts:
+        if selected is not None:
+            insert, span = selected.text + text, selected.range
+        else:
+            insert, span = text, types.Range(position, position)
+        items.append(types.InlineCompletionItem(
+            insert_text=insert, range=span,
+            command=types.Command(title="Accept completion", command=ACCEPT_COMMAND,
+                                  arguments=[insert])))
+    return items
+
+
+@server.feature(types.TEXT_DOCUMENT_COMPLETION)
+async def completion(ls: TokenfillServer, params: types.CompletionParams
+                     ) -> types.CompletionList | None:
+    texts = await ls.completions(params.text_document.uri, params.position, 1, automatic=False)
+    if not texts:
+        return None
+    text = texts[0]
+    label = text.strip().split("\n", 1)[0][:60] or text
+    return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+        label=label, kind=types.CompletionItemKind.Text, detail="tokenfill",
+        text_edit=types.TextEdit(types.Range(params.position, params.position), text),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        command=types.Command(title="Accept completion", command=ACCEPT_COMMAND,
+                              arguments=[text]))])
+
+
+@server.command(ACCEPT_COMMAND)
+def accept(ls: TokenfillServer, *args: Any) -> None:
+    ls.counts.accepted += 1
+
+
+@server.feature("llm-ls/acceptCompletion")
+def llm_ls_accept(ls: TokenfillServer, params: Any) -> None:
+    ls.counts.accepted += 1
+
+
+@server.feature("llm-ls/rejectCompletion")
+def llm_ls_reject(ls: TokenfillServer, params: Any) -> None:
+    ls.counts.rejected += 1
+
+
+@server.feature("tokenfill/stats")
+def stats(ls: TokenfillServer, params: Any) -> dict:
+    return asdict(ls.counts)
+
+
+@server.feature("llm-ls/getCompletions")
+async def llm_ls_get_completions(ls: TokenfillServer, params: Any) -> dict:
+    uri = params.textDocument.uri
+    position = types.Position(params.position.line, params.position.character)
+    texts = await ls.completions(uri, position, 1, automatic=False) or []
+    return {"request_id": str(next(ls.ids)),
+            "completions": [{"generated_text": t} for t in texts]}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
+    server.start_io()

@@ -1,0 +1,157 @@
+"""The one model worker: a thread that runs queued completion jobs, one at a time.
+
+Who runs next is the queue's business (first in, first out); how it runs is the engine's. A job
+is aborted between two decode steps when its client goes away or when a newer job with the same
+key arrives (the newer one supersedes it). Events go back to the asyncio loop that submitted the
+job: ("text", piece) as text becomes final, then ("done", Completion) or ("error", message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tokenfill.completion.engine import Completion, Engine
+from tokenfill.completion.request import CompletionRequest
+from tokenfill.runtime.slots import SlotPool
+
+log = logging.getLogger("tokenfill.worker")
+_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    request: CompletionRequest
+    key: str | None = None                   # jobs with the same key supersede each other
+    id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = ""
+    submitted: float = field(default_factory=time.perf_counter)
+    queue_ms: float = 0.0
+
+    def cancel(self, reason: str) -> None:
+        if not self.cancelled.is_set():
+            self.cancel_reason = reason
+            self.cancelled.set()
+
+    def emit(self, kind: str, value: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+@dataclass
+class WorkerStats:
+    completed: int = 0
+    aborted: int = 0
+    superseded: int = 0
+    failed: int = 0
+
+
+class Worker:
+    def __init__(self, engine: Engine, *, n_slots: int = 4, reuse: bool = True):
+        self.engine = engine
+        self.slots = SlotPool(engine.model, n_slots, engine.context)
+        self.reuse = reuse
+        self.stats = WorkerStats()
+        engine.monitor.warm_up()  # jedi's first lookup takes seconds: not on a person's keystroke
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._latest: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="tokenfill-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if job.key is not None:
+            with self._lock:
+                older = self._latest.get(job.key)
+                self._latest[job.key] = job
+            if older is not None and not older.cancelled.is_set():
+                older.cancel("superseded")
+                self.stats.superseded += 1
+        self._queue.put(job)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job.queue_ms = (time.perf_counter() - job.submitted) * 1000
+            try:
+                if job.cancelled.is_set():  # cancelled while queued: no model time spent
+                    self.stats.aborted += 1
+                    result = Completion.aborted()
+                    log_job(job, result)
+                    job.emit("done", result)
+                    continue
+                request = job.request if self.reuse else replace(job.request, reuse=False)
+                result = self.engine.complete(request, slots=self.slots,
+                                              abort=job.cancelled.is_set,
+                                              on_text=lambda piece: job.emit("text", piece))
+                if result.finish_reason == "aborted":
+                    self.stats.aborted += 1
+                else:
+                    self.stats.completed += 1
+                log_job(job, result)
+                job.emit("done", result)
+            except Exception as e:  # contained: one bad job never stops the worker
+                self.stats.failed += 1
+                log.exception("%s failed", job.id)
+                job.emit("error", f"{type(e).__name__}: {e}")
+            finally:
+                if job.key is not None:
+                    with self._lock:
+                        if self._latest.get(job.key) is job:
+                            del self._latest[job.key]
+                if self._queue.empty():
+                    release_memory()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS while idle. Requests free tensors of every size, and
+    glibc keeps the freed pages: without this a busy server's resident memory creeps up."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
+def log_job(job: Job, result: Completion) -> None:
+    if result.skipped:
+        log.info("%s completion: none, %s: queue=%.1fms engine=%.1fms", job.id, result.skipped,
+                 job.queue_ms, result.total_ms)
+        return
+    mode = job.request.cursor_mode
+    cursor = (f" cursor={mode}" + (f" ({result.cursor_ms:.1f}ms, {result.cursor_passes} passes, "
+                                   "prompt included)" if result.cursor_passes else ""))
+    drafts = (f", {result.forwards} passes, drafts {result.accepted}/{result.drafted} accepted, "
+              f"{result.mean_accepted:.2f} per pass"
+              if result.by_drafter is not None else f", {result.forwards} passes")
+    log.info("%s completion: queue=%.1fms prompt=%.1fms (%d of %d tokens evaluated)%s "
+             "generation=%.1fms (%d tokens%s)%s engine=%.1fms %s%s", job.id, job.queue_ms,
+             result.prefill_ms, result.prompt_evaluated, result.prompt_tokens, cursor,
+             result.decode_ms, result.tokens, drafts,
+             (f" syntax={result.mode}" + (f" ({result.members} members)" if result.members else ""))
+             if result.mode else "", result.total_ms, result.finish_reason,
+             f" ({job.cancel_reason})" if job.cancel_reason else "")
