@@ -407,23 +407,23 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_ngrams(args: argparse.Namespace) -> int:
-    from tokenfill.speculative import ngram_table
+    from tokenfill.train import ngrams
 
     if not (args.model / "tokenizer.json").is_file():
         raise UsageError(f"{args.model}: no tokenizer.json (a checkpoint directory is needed)")
     try:
-        texts = ngram_table.source_texts(args.corpus)
+        texts = ngrams.source_texts(args.corpus)
     except FileNotFoundError as e:
         raise UsageError(str(e)) from e
     if not texts:
         raise UsageError(f"{args.corpus}: no Python files to count")
     if args.predict < 0:
         raise UsageError("--predict: a number of tokens, 0 or more")
-    table = ngram_table.build_beside(args.model, texts, min_count=args.min_count,
+    table = ngrams.build_beside(args.model, texts, min_count=args.min_count,
                                        min_share=args.min_share, predict=args.predict,
                                        source=args.corpus.name)
     by_order = ", ".join(f"{n}: {count:,}" for n, count in table.by_order().items())
-    print(f"{args.model / ngram_table.FILE}: {len(table):,} contexts ({by_order} tokens long), "
+    print(f"{args.model / ngrams.FILE}: {len(table):,} contexts ({by_order} tokens long), "
           f"{table.nbytes() / 2**20:.1f} MB, from {len(texts):,} files, "
           f"{table.info['tokens']:,} tokens")
     if "predicted" in table.info:

@@ -9,7 +9,7 @@ import pytest
 from benchmarks import speculative
 from tests.eval.test_holes import FILES
 from tokenfill.eval import realcode
-from tokenfill.speculative.ngram_table import build_beside
+from tokenfill.train.ngrams import build_beside
 
 pytestmark = pytest.mark.slow
 

@@ -183,7 +183,9 @@ def test_every_mode_streams_whole_text_within_limits(engine, mode, temperature):
     assert (result.cursor_passes > 0) == (mode == "exact")
 
 
-def test_exact_typing_a_word_reuses_the_whole_prompt(engine):
+def test_exact_typing_a_word_reuses_the_whole_prompt(engine, monkeypatch):
+    # after `os.` the monitor holds decoding to os's members: both runs must see its answer
+    monkeypatch.setattr(engine.monitor, "timeout_s", 30.0)
     pool = SlotPool(engine.model, n_slots=1, max_seq=engine.context)
     engine.complete(CompletionRequest(prefix="import os\nprint(os.pa", suffix=")\n", max_tokens=4), slots=pool)
     typed = engine.complete(CompletionRequest(prefix="import os\nprint(os.pat", suffix=")\n", max_tokens=4), slots=pool)

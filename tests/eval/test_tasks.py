@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.eval.test_holes import FILES
 from tokenfill.completion.engine import Completion
 from tokenfill.eval import tasks as evaluation
 
@@ -56,7 +57,6 @@ def test_rows_are_grouped_by_problem():
 
 @pytest.fixture
 def engine(model_dir, monkeypatch):
-    from tests.eval.test_holes import FILES
     from tokenfill.completion.engine import Engine
     from tokenfill.eval import realcode
 
@@ -64,14 +64,31 @@ def engine(model_dir, monkeypatch):
     return Engine.load(model_dir, dtype="fp32")
 
 
+class MiddleOracle:
+    """Answers each hole with the text that was there (or, `wrong`, with nothing)."""
+
+    def __init__(self, files, wrong=False):
+        self.texts, self.wrong = [text for _, text in files], wrong
+
+    def complete(self, request):
+        if self.wrong:
+            return Completion("", 0, "stop", 1, 1, 0.0, 0.0, 0.0)
+        text = next(t for t in self.texts if t.startswith(request.prefix)
+                    and t.endswith(request.suffix)
+                    and len(t) >= len(request.prefix) + len(request.suffix))
+        middle = text[len(request.prefix):len(text) - len(request.suffix)]
+        return Completion(middle, 1, "stop", 1, 1, 0.0, 0.0, 0.0)
+
+
 def test_realcode_task_scores_every_kind(engine):
-    result = evaluation.TASKS["realcode"].run(engine, evaluation.EvalConfig(limit=2, max_tokens=8,
-                                                                             progress=False))
+    config = evaluation.EvalConfig(limit=2, max_tokens=8, progress=False)
+    result = evaluation.TASKS["realcode"].run(engine, config)
     assert set(result["kinds"]) == set(evaluation.holes.KINDS)
-    for scores in result["kinds"].values():
-        assert scores["holes"] == 2
-        for key in ("em_first_line", "es_first_line", "em_middle", "es_middle", "parses"):
-            assert 0.0 <= scores[key] <= 1.0
+    assert all(scores["holes"] == 2 for scores in result["kinds"].values())
+    right = evaluation.TASKS["realcode"].run(MiddleOracle(FILES), config)["kinds"]
+    assert all(s["em_middle"] == s["em_first_line"] == s["parses"] == 1.0 for s in right.values())
+    wrong = evaluation.TASKS["realcode"].run(MiddleOracle(FILES, wrong=True), config)["kinds"]
+    assert all(s["em_middle"] == 0.0 and s["es_middle"] < 1.0 for s in wrong.values())
 
 
 def test_latency_task_reports_percentiles(engine):

@@ -7,7 +7,14 @@ import torch
 
 from tests.conftest import tiny_config
 from tokenfill.runtime.checkpoint import load_model, save_model
-from tokenfill.runtime.model import KVCache, ModelConfig, Transformer, causal_mask, reference_logits
+from tokenfill.runtime.model import (
+    KVCache,
+    ModelConfig,
+    Transformer,
+    causal_mask,
+    reference_logits,
+    tree_mask,
+)
 
 # fp32 on the CPU: differences come only from summation order.
 ATOL = 1e-4
@@ -248,3 +255,15 @@ def test_a_packed_product_that_disagrees_is_not_used(monkeypatch):
     with torch.inference_mode():
         torch.testing.assert_close(model(tokens, 0, model.new_cache(1, 16)), model(tokens),
                                    atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("parents", [[], [-1], [-1, 0, 1], [-1, 0, 0, -1, 3, 1]])
+def test_tree_mask_is_each_node_and_its_ancestors(parents):
+    mask = tree_mask(parents)
+    assert mask.shape == (len(parents), len(parents))
+    for i in range(len(parents)):
+        ancestors, node = set(), i
+        while node >= 0:
+            ancestors.add(node)
+            node = parents[node]
+        assert {j for j in range(len(parents)) if mask[i, j]} == ancestors

@@ -15,7 +15,7 @@ from tokenfill.runtime.generate import Sampling, generate, probabilities
 from tokenfill.runtime.model import reference_logits
 from tokenfill.speculative.decoding import Speculator, residual_accept
 from tokenfill.speculative.draft_tree import PassCost
-from tokenfill.speculative.ngram_table import NGramTable
+from tokenfill.train import ngrams
 
 
 def prompts(tokenizer, n: int) -> list[list[int]]:
@@ -71,7 +71,7 @@ def test_greedy_output_with_a_corpus_table_is_plain_greedy_output(tiny_model, to
     """A table counted from the model's own outputs on other prompts drafts what it will write:
     drafts from it are accepted, and the output stays plain greedy decoding's."""
     outputs = [generate(tiny_model, p, 30).tokens for p in prompts(tokenizer, 40)[20:]]
-    table = NGramTable.build(outputs, min_count=2, min_share=0.3)
+    table = ngrams.count(outputs, min_count=2, min_share=0.3)
     spec = Speculator(tokenizer.vocab_size, ngrams=table)
     by_corpus = 0
     for prompt in prompts(tokenizer, 20):

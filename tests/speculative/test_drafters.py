@@ -18,7 +18,7 @@ from tokenfill.speculative.drafters import (
     reference_ends,
     registry,
 )
-from tokenfill.speculative.ngram_table import NGramTable
+from tokenfill.train import ngrams
 
 
 def paths(drafts):
@@ -133,7 +133,7 @@ def test_recycling_grows_its_draft_best_first_as_the_plain_heap_does():
 def test_corpus_drafter_follows_the_table_while_the_path_is_likely():
     # after 1 2 comes 3 (3 of 3), after 2 3 comes 4 (3 of 4), after 3 4 comes 5 (2 of 3)...
     docs = [[1, 2, 3, 4, 5, 6]] * 2 + [[1, 2, 3, 4, 9]] + [[7, 2, 3, 8]]
-    table = NGramTable.build(docs, min_count=2, min_share=0.3)
+    table = ngrams.count(docs, min_count=2, min_share=0.3)
     drafter = CorpusDrafter(table)
     got = drafter.propose([0, 1, 2], budget=10, depth=10)
     assert [d.path for d in got] == [(3,), (3, 4), (3, 4, 5), (3, 4, 5, 6)]

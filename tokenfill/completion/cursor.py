@@ -42,7 +42,7 @@ from torch import Tensor
 
 from tokenfill.completion import utf8
 from tokenfill.runtime.generate import Sampling, forward, sample
-from tokenfill.runtime.model import KVCache, Transformer
+from tokenfill.runtime.model import KVCache, Transformer, causal_mask, tree_mask
 from tokenfill.runtime.tokenizer import PrefixIndex, Tokenizer
 
 END = utf8.END   # the "end of the middle" outcome, after the 256 byte values
@@ -402,6 +402,7 @@ class ModelScorer:
         self.tail = prompt[min(cached, self.P - 1):]  # run with the first pass
         self.start = self.P - len(self.tail)
         self.slot: dict[tuple[int, ...], int] = {}
+        self.parents: list[int] = []  # by node index (its cache position less P): its parent's
         self.end = self.P                               # the next free cache position
         self.memo: dict[tuple[int, ...], Tensor] = {}
         self.raw: dict[tuple[int, ...], Tensor] = {}
@@ -419,15 +420,14 @@ class ModelScorer:
         T = len(tail) + len(nodes)
         if self.end + len(nodes) > self.cache.max_seq:
             raise NoRoom
+        first = len(self.parents)  # nodes sit at P + their index; a parent comes before its child
         for k, n in enumerate(nodes):
             self.slot[n] = self.end + k
+            self.parents.append(self.slot[n[:-1]] - P if len(n) > 1 else -1)
         mask = torch.zeros(T, start + T, dtype=torch.bool)
-        for r in range(len(tail)):  # the prompt's own tokens: causal
-            mask[r, :start + r + 1] = True
-        for k, n in enumerate(nodes):
-            row = len(tail) + k
-            mask[row, :P] = True
-            mask[row, [self.slot[n[:d]] for d in range(1, len(n) + 1)]] = True
+        mask[:len(tail), :start + len(tail)] = causal_mask(start, len(tail))  # the prompt's tail
+        mask[len(tail):, :P] = True  # every node sees the whole prompt, then its ancestors
+        mask[len(tail):, P:P + len(self.parents)] = tree_mask(self.parents)[first:]
         positions = torch.tensor([*range(start, P), *(P + len(n) - 1 for n in nodes)])
         tokens = torch.tensor([[*tail, *(n[-1] for n in nodes)]])
         first = bool(tail)  # the prompt's last token, then the nodes: the logits needed
@@ -453,7 +453,7 @@ class ModelScorer:
         if seq:
             slots = torch.tensor([self.slot[seq[:d]] for d in range(1, len(seq) + 1)])
             self.cache.move(slots, self.P)
-        self.slot, self.end = {}, self.P + len(seq)
+        self.slot, self.end, self.parents = {}, self.P + len(seq), []
         return self.raw[seq]
 
 

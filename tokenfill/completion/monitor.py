@@ -14,8 +14,8 @@ no member, decoding is free: the monitor only ever narrows the choice when it kn
 from __future__ import annotations
 
 import functools
-import logging
 import keyword
+import logging
 import queue
 import re
 import threading

@@ -6,8 +6,8 @@ several times slower than fp32 (measured in BENCHMARKS.md), so `auto` picks by t
 
 Threads: OpenMP threads sleep between parallel regions (tokenfill/process.py), and waking them
 costs more than a small pass gains from them: a decoding step or a draft tree of a few dozen
-tokens runs faster on one thread (measured: a 24-token tree pass 14 ms on one thread, 28-33 ms on
-two), a long prompt faster on all of them. `use_threads_for` switches per pass.
+tokens runs faster on one thread, a long prompt faster on all of them. `use_threads_for` switches
+per pass (`generate.forward` calls it).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ layer of several rows on packed weights); `reference_logits` is the slow, obviou
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -158,8 +159,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos.to(x.dtype) + rotated * sin.to(x.dtype))
 
 
-LONG_QUERIES = 64  # query blocks this long use the fused attention kernel (measured: a 640-token
-                   # prompt 184 ms vs 211 ms); shorter ones, decoding and draft trees, two matmuls
+LONG_QUERIES = 64  # query blocks this long use the fused attention kernel, faster on prompts;
+                   # shorter ones, decoding and draft trees, two matmuls (less set-up)
 
 
 class Attention(nn.Module):
@@ -201,8 +202,8 @@ class Attention(nn.Module):
         if Q < T and mask is not None:
             mask = mask[T - Q:]  # the rows of the queries kept
         if T >= LONG_QUERIES:  # a prompt: the fused kernel is faster, and faster still with its
-            # own causal mask (a prompt from the start comes without one: 3.7 ms against 5.2 ms
-            # per layer for 615 tokens); the last queries of one see the keys up to their own
+            # own causal mask (so a prompt from the start comes without one); the last queries
+            # of one see the keys up to their own
             if mask is None and Q < T:
                 mask = causal_mask(start + T - Q, Q) if Q > 1 else None
                 causal = False
@@ -221,9 +222,8 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> T
     q (B, H, T, hd); k, v (B, KV, S, hd); bias (T, K) float, 0 or -inf, added to the scores of
     the last K keys (the keys before them are seen by every query), or None -> (B, H, T, hd). Two
     matmuls and a softmax: for the short queries of decoding this beats the fused CPU kernel's
-    set-up cost. A draft tree's pattern only concerns its own T keys: adding it there rather
-    than masking all S made a pass after 600 cached keys cheaper, 13.8 -> 12.9 ms at 32 tokens
-    and 10.6 -> 9.9 ms at 16, side by side.
+    set-up cost. A draft tree's pattern only concerns its own T keys: it is added there rather
+    than masking all S keys, which costs a pass over the whole cache.
     """
     B, H, T, hd = q.shape
     KV, S = k.shape[1], k.shape[2]
@@ -320,8 +320,8 @@ class Transformer(nn.Module):
 
     def pack_output_layer(self) -> bool:
         """Keep a copy of the fp32 output layer's weights in oneDNN's own blocked layout, for the
-        products of several rows (draft trees): 4,096 x 256 with 8 to 16 rows, 0.87 -> 0.63 ms
-        and 1.15 -> 0.82 ms (BENCHMARKS.md); one row is no faster that way. A copy: call it once
+        products of several rows (draft trees), which run faster on it; one row is no faster
+        that way, so it keeps the layer. A copy: call it once
         the weights are final (`load_model` does). False, and the layer used as it is, where
         this build of torch has no such product or its result differs from the layer's."""
         weight = self.lm_head.weight
@@ -405,6 +405,18 @@ def attention_mask(mask: Tensor | None, start: int, T: int) -> Tensor | None:
 def causal_mask(start: int, T: int) -> Tensor:
     """(T, start+T) bool: query i (at position start+i) sees keys 0..start+i."""
     return torch.arange(start + T)[None, :] <= torch.arange(start, start + T)[:, None]
+
+
+def tree_mask(parents: Sequence[int]) -> Tensor:
+    """(T, T) bool for T nodes of a token tree: each node sees itself and its ancestors.
+    `parents[i]` < i is node i's parent, -1 for a node under the root (what came before)."""
+    T = len(parents)
+    rows: list[list[bool]] = []
+    for i, parent in enumerate(parents):  # parents come first: copy the parent's row
+        row = rows[parent][:] if parent >= 0 else [False] * T
+        row[i] = True
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.bool).reshape(T, T)
 
 
 @torch.no_grad()

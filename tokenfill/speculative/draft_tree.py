@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tokenfill.runtime.model import tree_mask
 from tokenfill.speculative.drafters import Draft
 
 
@@ -52,9 +53,9 @@ class PassCost:
     such passes were seen to cost (a running mean); a tree of T > 1 tokens costs a + b*T, fitted
     by least squares to the trees timed (older ones count less and less), starting from a prior
     line: b = `slope` * a, put in seconds by the first pass timed. Apart, since one token takes a
-    cheaper path through the matrix products (measured: 5.5 ms, against 7.2 ms for two)."""
+    cheaper path through the matrix products than two."""
 
-    MAX_SLOPE = 0.25  # measured: 0.04-0.06 per token (BENCHMARKS.md, pass costs)
+    MAX_SLOPE = 0.25  # a bound well above the slopes seen (BENCHMARKS.md, pass costs)
 
     def __init__(self, slope: float = 0.03, prior: float = 4.0, decay: float = 0.98):
         self.decay = decay
@@ -186,13 +187,7 @@ class DraftTree:
     def mask(self) -> Tensor:
         """(T, T) bool: the nodes each node sees, itself and its ancestors (and all of the cache
         before the tree, which `Transformer.forward` takes as given)."""
-        T = len(self.tokens)
-        rows: list[list[bool]] = []
-        for i, parent in enumerate(self.parents):  # parents come first: copy the parent's row
-            row = rows[parent][:] if parent >= 0 else [False] * T
-            row[i] = True
-            rows.append(row)
-        return torch.tensor(rows, dtype=torch.bool)
+        return tree_mask(self.parents)
 
     def path(self, node: int) -> list[int]:
         """Tokens from the root to `node`, both included."""

@@ -292,10 +292,9 @@ class TokenRecycling(NoRequestHooks):
     """A table of the model's `k` most likely next tokens after each token, rewritten from every
     verification pass (each node's logits, accepted or not) and kept across requests. A draft
     grows best-first from the last token through the table, each rank with its own guess, to at
-    most `max_nodes` nodes: a node it drafts alone is seldom accepted (7% on block bodies, while
-    nodes other drafters drafted too were accepted 87% or more), so deeper ones never make a
-    tree's cut, and drafting them cost more than it gained (measured side by side on 60 block
-    body and multi-line holes: 2.26x -> 2.34x at 8 nodes rather than as many as asked for)."""
+    most `max_nodes` nodes: a node it drafts alone is seldom accepted, unlike the nodes other
+    drafters draft too, so deeper ones never make a tree's cut and drafting them costs more than
+    it gains."""
 
     name = "recycle"
     PASSED_OVER = 4  # rank paths looked at per node asked for, at most

@@ -27,8 +27,7 @@ from tokenfill.runtime.checkpoint import save_model
 from tokenfill.runtime.hardware import describe_machine, training_autocast, training_precision
 from tokenfill.runtime.model import ModelConfig, Transformer
 from tokenfill.runtime.tokenizer import Tokenizer, train_bpe
-from tokenfill.speculative import ngram_table
-from tokenfill.train import corpus
+from tokenfill.train import corpus, ngrams
 from tokenfill.train.training_data import FimMix, SampleStream
 
 PRESETS: dict[str, dict] = {
@@ -280,7 +279,7 @@ def export(args: TrainArgs, model: Transformer, tok: Tokenizer, meta: dict, corp
     # speculative decoding's corpus drafter: what the training code most often has next, and what
     # the model predicts there (on a GPU all of the corpus: its characters outnumber its tokens)
     texts = corpus.read(corpus_path, "train")
-    ngram_table.build_beside(out, texts, source=corpus_path.name, progress=args.progress,
+    ngrams.build_beside(out, texts, source=corpus_path.name, progress=args.progress,
                                predict=sum(map(len, texts)) if torch.cuda.is_available() else 2_000_000)
     print(f"exported to {out}")
 

@@ -122,3 +122,19 @@ def test_server_defaults_apply_where_the_body_is_silent():
     first, second = engine.requests
     assert (first.cursor_mode, first.speculative, first.max_tokens) == ("none", False, 9)
     assert second.cursor_mode == "exact"
+
+
+def test_the_language_servers_remote_backend_carries_the_whole_request(client, engine):
+    """What `tokenfill lsp` sends a running server (llama.cpp's /infill plus tokenfill's own
+    fields) arrives as the request the language server built."""
+    from tokenfill.completion.request import CompletionRequest
+    from tokenfill.runtime.generate import Sampling
+    from tokenfill.serve.lsp import infill_body
+
+    sent = CompletionRequest(prefix="obj.pa", suffix="\n", path="/w/a.py", project="/w",
+                             max_tokens=12, single_line=True, cursor_mode="heal",
+                             speculative=False, syntax=False, invoked=True, stop=("\n\n",),
+                             n_indent=2, sampling=Sampling(temperature=0.7, top_p=0.9, seed=5))
+    r = client.post("/infill", json=infill_body("file:///w/a.py", sent))
+    assert r.status_code == 200
+    assert engine.requests[-1] == sent
