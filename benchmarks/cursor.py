@@ -71,7 +71,8 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
     work = [(mode, pair) for pair in pairs for mode in CURSOR_MODES]
     for mode, pair in tqdm(work, desc="cursor holes", unit="hole", disable=not progress):
         for side, hole in (("inside", pair.inside), ("control", pair.control)):
-            result = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix, max_tokens=max_tokens, cursor_mode=mode))
+            result = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix,
+                                                       max_tokens=max_tokens, cursor_mode=mode))
             got, want = completed_line(hole, result.text), gold_line(hole)
             hits[mode, pair.kind, side].append(got == want)
             written = hole.prefix[len(pair.control.prefix):] + result.text
@@ -84,7 +85,8 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
     for mode, pair in tqdm([(m, p) for p in suffix for m in CURSOR_MODES], desc="suffix holes",
                            unit="hole", disable=not progress):
         for side, hole in (("inside", pair.inside), ("control", pair.control)):
-            result = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix, max_tokens=max_tokens, cursor_mode=mode))
+            result = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix,
+                                                       max_tokens=max_tokens, cursor_mode=mode))
             hits[mode, "suffix", side].append(result.text == hole.middle)
             words[mode, "suffix", side].append(result.text.startswith(hole.middle))
             similar[mode, "suffix", side].append(

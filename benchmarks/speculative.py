@@ -77,13 +77,18 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
     warm = cases[0]
     for speculative in (False, True):  # both paths compiled and cached before timing
         for e in (engine, bare) if bare is not None else (engine,):
-            e.complete(CompletionRequest(prefix=warm.prefix, suffix=warm.suffix, max_tokens=8, cursor_mode="none", speculative=speculative))
+            e.complete(CompletionRequest(prefix=warm.prefix, suffix=warm.suffix, max_tokens=8,
+                                         cursor_mode="none", speculative=speculative))
     for i, hole in enumerate(tqdm(cases, desc="speculative vs plain", unit="hole",
                                   disable=not progress)):
         r = rows[hole.kind]
-        plain = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix, max_tokens=max_tokens, cursor_mode="none", speculative=False))
+        plain = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix,
+                                                  max_tokens=max_tokens, cursor_mode="none",
+                                                  speculative=False))
         engines = [engine] if bare is None else [engine, bare][::1 if i % 2 else -1]
-        done = {id(e): e.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix, max_tokens=max_tokens, cursor_mode="none", speculative=True))
+        done = {id(e): e.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix,
+                                                    max_tokens=max_tokens, cursor_mode="none",
+                                                    speculative=True))
                 for e in engines}  # with and without the table take turns going first
         fast = done[id(engine)]
         r["same"].append(plain.text == fast.text)
@@ -106,7 +111,8 @@ def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
         for name, (_, accepted) in (fast.by_drafter or {}).items():
             by_drafter[hole.kind][name] += accepted
         if hf is not None and plain.tokens > 0:
-            prompt, _ = engine.prompt_ids(hole.prefix, hole.suffix, max_tokens, cursor_mode="none")
+            prompt = engine.prompt(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix,
+                                                     cursor_mode="none"), max_tokens).ids
             for label, extra in (("hf_ms", {}), ("hf_pld_ms", {"prompt_lookup_num_tokens": 10})):
                 r[label].append(_hf_generate(hf, prompt, plain.tokens, extra))
     memory = engine.speculator.nbytes()

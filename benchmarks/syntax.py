@@ -67,7 +67,8 @@ def run(model: Path, per_kind: int = 40, max_tokens: int = 64, seed: int = 0,
     skipped: dict[str, list[str]] = defaultdict(list)
     lookups, found = [], []
     engine.monitor.members("import os\nos.", "", analyze("import os\nos.", ""))  # load jedi
-    engine.complete(CompletionRequest(prefix="import os\n", suffix="", max_tokens=4))                          # warm up
+    engine.complete(CompletionRequest(prefix="import os\n", suffix="", max_tokens=4)
+                    )                          # warm up
     cases = [h for kind in KINDS for h in holes.cut(files, kind, per_kind, seed)]
     for hole in tqdm(cases, desc="raw vs syntax-aware", unit="hole", disable=not progress):
         context = analyze(hole.prefix, hole.suffix)
@@ -77,7 +78,9 @@ def run(model: Path, per_kind: int = 40, max_tokens: int = 64, seed: int = 0,
             lookups.append((time.perf_counter() - start) * 1000)
             found.append(bool(members))
         for label, syntax in (("raw", False), ("syntax", True)):
-            result = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix, max_tokens=max_tokens, cursor_mode="exact", syntax=syntax))
+            result = engine.complete(CompletionRequest(prefix=hole.prefix, suffix=hole.suffix,
+                                                       max_tokens=max_tokens, cursor_mode="exact",
+                                                       syntax=syntax))
             if result.skipped:
                 skipped[hole.kind].append(result.skipped)
             for key, value in score(result.text, result.tokens, result.total_ms, hole).items():

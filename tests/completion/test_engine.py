@@ -27,7 +27,8 @@ def prompt_ids(engine: Engine, prefix: str, suffix: str, max_tokens: int,
 
 
 def test_completion_is_text_with_timings(engine):
-    result = engine.complete(CompletionRequest(prefix="def add(a, b):\n    return ", suffix="\n", max_tokens=8))
+    result = engine.complete(CompletionRequest(prefix="def add(a, b):\n    return ", suffix="\n",
+                                               max_tokens=8))
     assert isinstance(result.text, str) and "\n" not in result.text
     assert 0 <= result.tokens <= 8
     assert result.finish_reason in ("stop", "length")
@@ -100,13 +101,16 @@ def test_slot_reuse_gives_the_same_completion_with_less_work(engine):
     prefix = "".join(f"name_{i} = {i}\n" for i in range(20)) + "def f(x):\n    return "
     fresh = engine.complete(CompletionRequest(prefix=prefix, suffix="\n", max_tokens=6))
     first = engine.complete(CompletionRequest(prefix=prefix, suffix="\n", max_tokens=6), slots=pool)
-    typed = engine.complete(CompletionRequest(prefix=prefix + "x", suffix="\n", max_tokens=6), slots=pool)   # one more keystroke
+    typed = engine.complete(CompletionRequest(prefix=prefix + "x", suffix="\n", max_tokens=6),
+                            slots=pool)   # one more keystroke
     again = engine.complete(CompletionRequest(prefix=prefix + "x", suffix="\n", max_tokens=6))
     assert first.text == fresh.text and typed.text == again.text
     assert first.prompt_evaluated == first.prompt_tokens
     assert typed.prompt_evaluated < typed.prompt_tokens // 4
     assert pool.stats.hits == 1
-    off = engine.complete(CompletionRequest(prefix=prefix + "x", suffix="\n", max_tokens=6, reuse=False), slots=pool)
+    off = engine.complete(CompletionRequest(prefix=prefix + "x", suffix="\n", max_tokens=6,
+                                            reuse=False),
+                          slots=pool)
     assert off.prompt_evaluated == off.prompt_tokens and off.text == again.text
 
 
@@ -122,10 +126,15 @@ def test_suffix_first_layout_reuses_the_suffix_while_typing(tmp_path, tiny_model
     assert prompt[-1] == spm.fim.middle
     suffix = "".join(f"name_{i} = {i}\n" for i in range(30))
     pool = SlotPool(spm.model, n_slots=1, max_seq=spm.context)
-    spm.complete(CompletionRequest(prefix="def f(x):\n    return ", suffix=suffix, max_tokens=4, cursor_mode="none"), slots=pool)
-    typed = spm.complete(CompletionRequest(prefix="def f(x):\n    return x", suffix=suffix, max_tokens=4, cursor_mode="none"), slots=pool)
+    spm.complete(CompletionRequest(prefix="def f(x):\n    return ", suffix=suffix, max_tokens=4,
+                                   cursor_mode="none"),
+                 slots=pool)
+    typed = spm.complete(CompletionRequest(prefix="def f(x):\n    return x", suffix=suffix,
+                                           max_tokens=4, cursor_mode="none"),
+                         slots=pool)
     assert typed.prompt_evaluated <= 3 < len(tokenizer.encode(suffix))  # the suffix stayed cached
-    fresh = spm.complete(CompletionRequest(prefix="def f(x):\n    return x", suffix=suffix, max_tokens=4, cursor_mode="none"))
+    fresh = spm.complete(CompletionRequest(prefix="def f(x):\n    return x", suffix=suffix,
+                                           max_tokens=4, cursor_mode="none"))
     assert typed.text == fresh.text
 
 
@@ -133,18 +142,25 @@ def test_warm_up_fills_a_slot(engine):
     from tokenfill.runtime.slots import SlotPool
 
     pool = SlotPool(engine.model, n_slots=1, max_seq=engine.context)
-    warm = engine.complete(CompletionRequest(prefix="import os\nimport sys\n", suffix="", max_tokens=0), slots=pool)
+    warm = engine.complete(CompletionRequest(prefix="import os\nimport sys\n", suffix="",
+                                             max_tokens=0),
+                           slots=pool)
     assert warm.text == "" and warm.tokens == 0
-    after = engine.complete(CompletionRequest(prefix="import os\nimport sys\n", suffix="", max_tokens=4), slots=pool)
+    after = engine.complete(CompletionRequest(prefix="import os\nimport sys\n", suffix="",
+                                              max_tokens=4),
+                            slots=pool)
     assert after.prompt_evaluated < after.prompt_tokens
 
 
 def test_streamed_pieces_add_up_and_abort_stops(engine):
     pieces = []
-    result = engine.complete(CompletionRequest(prefix="def f():\n    ", suffix="\n", max_tokens=20), on_text=pieces.append)
+    result = engine.complete(CompletionRequest(prefix="def f():\n    ", suffix="\n", max_tokens=20),
+                             on_text=pieces.append)
     assert "".join(pieces) == result.text
     calls = []
-    aborted = engine.complete(CompletionRequest(prefix="x = ", suffix="", max_tokens=20, single_line=False), abort=lambda: calls.append(1) or len(calls) >= 2)
+    aborted = engine.complete(CompletionRequest(prefix="x = ", suffix="", max_tokens=20,
+                                                single_line=False),
+                              abort=lambda: calls.append(1) or len(calls) >= 2)
     assert aborted.finish_reason in ("aborted", "stop") and aborted.tokens <= 2
 
 
@@ -153,11 +169,13 @@ def test_model_vocab_larger_than_tokenizer_never_yields_unknown_ids(tiny_model):
     assert small.vocab_size < tiny_model.config.vocab_size
     engine = Engine(tiny_model, small, require_fim=False)
     for seed in range(5):
-        result = engine.complete(CompletionRequest(prefix="a = ", max_tokens=20, sampling=Sampling(temperature=5.0, seed=seed)))
+        result = engine.complete(CompletionRequest(prefix="a = ", max_tokens=20,
+                                                   sampling=Sampling(temperature=5.0, seed=seed)))
         assert isinstance(result.text, str)
     with pytest.raises(FimUnsupportedError, match="suffix"):
         engine.complete(CompletionRequest(prefix="a = ", suffix="b", max_tokens=2))
-    assert isinstance(engine.complete(CompletionRequest(prefix="", max_tokens=2)).text, str)  # an empty prompt is fine
+    empty = engine.complete(CompletionRequest(prefix="", max_tokens=2))  # an empty prompt is fine
+    assert empty.finish_reason in ("stop", "length") and empty.prompt_tokens >= 1
 
 
 def test_cursor_modes_take_back_the_end_of_the_prefix(engine):
@@ -177,7 +195,10 @@ def test_cursor_modes_take_back_the_end_of_the_prefix(engine):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_every_mode_streams_whole_text_within_limits(engine, mode, temperature):
     pieces = []
-    result = engine.complete(CompletionRequest(prefix="x = {'key': 'val", suffix="}\n", max_tokens=12, cursor_mode=mode, sampling=Sampling(temperature=temperature, seed=1)), on_text=pieces.append)
+    result = engine.complete(CompletionRequest(prefix="x = {'key': 'val", suffix="}\n",
+                                               max_tokens=12, cursor_mode=mode,
+                                               sampling=Sampling(temperature=temperature, seed=1)),
+                             on_text=pieces.append)
     assert "".join(pieces) == result.text and result.tokens <= 12
     assert "\ufffd" not in result.text
     assert (result.cursor_passes > 0) == (mode == "exact")
@@ -187,10 +208,14 @@ def test_exact_typing_a_word_reuses_the_whole_prompt(engine, monkeypatch):
     # after `os.` the monitor holds decoding to os's members: both runs must see its answer
     monkeypatch.setattr(engine.monitor, "timeout_s", 30.0)
     pool = SlotPool(engine.model, n_slots=1, max_seq=engine.context)
-    engine.complete(CompletionRequest(prefix="import os\nprint(os.pa", suffix=")\n", max_tokens=4), slots=pool)
-    typed = engine.complete(CompletionRequest(prefix="import os\nprint(os.pat", suffix=")\n", max_tokens=4), slots=pool)
+    engine.complete(CompletionRequest(prefix="import os\nprint(os.pa", suffix=")\n", max_tokens=4),
+                    slots=pool)
+    typed = engine.complete(CompletionRequest(prefix="import os\nprint(os.pat", suffix=")\n",
+                                              max_tokens=4),
+                            slots=pool)
     assert typed.prompt_evaluated == 1  # the partial word is not in the prompt: nothing changed
-    fresh = engine.complete(CompletionRequest(prefix="import os\nprint(os.pat", suffix=")\n", max_tokens=4))
+    fresh = engine.complete(CompletionRequest(prefix="import os\nprint(os.pat", suffix=")\n",
+                                              max_tokens=4))
     assert typed.text == fresh.text
 
 
@@ -202,7 +227,9 @@ def test_any_cursor_gives_whole_characters(engine, text, cut, mode, temperature)
     """A cursor anywhere (after a multi-byte character, in CRLF or tab-indented text), a random
     model: the completion never holds a broken character."""
     cut = min(cut, len(text))
-    result = engine.complete(CompletionRequest(prefix=text[:cut], suffix=text[cut:], max_tokens=10, cursor_mode=mode, sampling=Sampling(temperature=temperature, seed=cut)))
+    result = engine.complete(CompletionRequest(prefix=text[:cut], suffix=text[cut:], max_tokens=10,
+                                               cursor_mode=mode,
+                                               sampling=Sampling(temperature=temperature, seed=cut)))
     assert "\ufffd" not in result.text
 
 
@@ -215,28 +242,36 @@ def test_speculative_completions_equal_plain_ones(engine, mode):
              ("def add(a, b):\n    return a + b\n\ndef add(", "", {"stop": (")",)}),
              ("x = {'key': 'val", "}\n", {})]
     for prefix, suffix, options in cases:
-        plain = engine.complete(CompletionRequest(prefix=prefix, suffix=suffix, max_tokens=24, cursor_mode=mode, speculative=False, **options))
-        fast = engine.complete(CompletionRequest(prefix=prefix, suffix=suffix, max_tokens=24, cursor_mode=mode, **options))
+        plain = engine.complete(CompletionRequest(prefix=prefix, suffix=suffix, max_tokens=24,
+                                                  cursor_mode=mode, speculative=False, **options))
+        fast = engine.complete(CompletionRequest(prefix=prefix, suffix=suffix, max_tokens=24,
+                                                 cursor_mode=mode, **options))
         assert fast.text == plain.text and fast.finish_reason == plain.finish_reason
         assert fast.by_drafter is not None and plain.by_drafter is None
         assert fast.accepted <= fast.drafted and fast.forwards <= plain.forwards
 
 
 def test_syntax_declines_in_a_comment_unless_invoked(engine):
-    skipped = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n", max_tokens=8))
+    skipped = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n",
+                                                max_tokens=8))
     assert skipped.text == "" and skipped.tokens == 0 and "comment" in skipped.skipped
-    asked = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n", max_tokens=8, invoked=True))
+    asked = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n",
+                                              max_tokens=8, invoked=True))
     assert not asked.skipped and asked.mode == "line" and "\n" not in asked.text
-    raw = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n", max_tokens=8, syntax=False))
+    raw = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n",
+                                            max_tokens=8, syntax=False))
     assert not raw.skipped and raw.mode == ""
-    warm = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n", max_tokens=0))  # warm-ups still fill
+    warm = engine.complete(CompletionRequest(prefix="x = 1  # the count of", suffix="\n",
+                                             max_tokens=0))  # warm-ups still fill
     assert not warm.skipped and warm.prompt_tokens > 0
 
 
 def test_syntax_picks_a_block_after_an_opener_and_stops_early(engine):
-    block = engine.complete(CompletionRequest(prefix="def add(a, b):", suffix="\n", max_tokens=24, cursor_mode="none"))
+    block = engine.complete(CompletionRequest(prefix="def add(a, b):", suffix="\n", max_tokens=24,
+                                              cursor_mode="none"))
     assert block.mode == "block"
-    raw = engine.complete(CompletionRequest(prefix="def add(a, b):", suffix="\n", max_tokens=24, cursor_mode="none", syntax=False))
+    raw = engine.complete(CompletionRequest(prefix="def add(a, b):", suffix="\n", max_tokens=24,
+                                            cursor_mode="none", syntax=False))
     assert raw.text.startswith(block.text) and block.tokens <= raw.tokens
 
 

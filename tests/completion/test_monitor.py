@@ -101,10 +101,12 @@ def engine(model_dir):
 @pytest.mark.parametrize("speculative", [False, True])
 def test_engine_completes_a_member_after_the_dot(engine, speculative):
     engine.monitor.timeout_s = 30
-    result = engine.complete(CompletionRequest(prefix=STACK, suffix="\n", max_tokens=8, cursor_mode="none", speculative=speculative))
+    result = engine.complete(CompletionRequest(prefix=STACK, suffix="\n", max_tokens=8,
+                                               cursor_mode="none", speculative=speculative))
     members = engine.monitor.members(STACK, "\n", analyze(STACK, "\n"))  # cached by now
     assert result.members == len(members) >= 3
     name = re.match(r"\w*", result.text).group(0)
     assert name in members or result.tokens == 8 and any(m.startswith(name) for m in members)
-    free = engine.complete(CompletionRequest(prefix=STACK, suffix="\n", max_tokens=8, cursor_mode="none", syntax=False))
+    free = engine.complete(CompletionRequest(prefix=STACK, suffix="\n", max_tokens=8,
+                                             cursor_mode="none", syntax=False))
     assert free.members == 0

@@ -26,7 +26,8 @@ def test_bundled_model_is_complete_and_small():
 def test_bundled_model_completes_with_starcoder_fim():
     engine = Engine.load(BUNDLED_MODEL, dtype="fp32")
     assert engine.fim.format.name == "starcoder"
-    result = engine.complete(CompletionRequest(prefix="import os\n\n\ndef main():\n    path = os.path.", suffix="\n", max_tokens=8))
+    result = engine.complete(CompletionRequest(prefix="import os\n\n\ndef main():\n    path = os.path.",
+                                               suffix="\n", max_tokens=8))
     assert result.tokens >= 1 and "\n" not in result.text
 
 
@@ -47,8 +48,11 @@ def test_bundled_model_speculative_greedy_equals_plain():
     accepted = 0
     for cut in (1500, 3000, 4500):
         cut = source.index("\n", cut) + 1
-        plain = engine.complete(CompletionRequest(prefix=source[:cut], suffix=source[cut:], max_tokens=48, cursor_mode="none", speculative=False))
-        fast = engine.complete(CompletionRequest(prefix=source[:cut], suffix=source[cut:], max_tokens=48, cursor_mode="none"))
+        plain = engine.complete(CompletionRequest(prefix=source[:cut], suffix=source[cut:],
+                                                  max_tokens=48, cursor_mode="none",
+                                                  speculative=False))
+        fast = engine.complete(CompletionRequest(prefix=source[:cut], suffix=source[cut:],
+                                                 max_tokens=48, cursor_mode="none"))
         assert fast.text == plain.text
         accepted += fast.accepted
     assert accepted > 0

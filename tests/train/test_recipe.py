@@ -42,7 +42,8 @@ def test_loss_falls_and_export_loads(run_dir, tmp_path):
     card = (out / "README.md").read_text()
     assert "tokens seen" in card and f"{meta['final']['heldout_loss']:.3f}" in card
     engine = Engine.load(out, dtype="fp32")
-    assert isinstance(engine.complete(CompletionRequest(prefix="def ", suffix="\n", max_tokens=4)).text, str)
+    assert isinstance(engine.complete(CompletionRequest(prefix="def ", suffix="\n", max_tokens=4)
+                                      ).text, str)
     corpus_drafter = next(d for d in engine.speculator.drafters if d.name == "corpus")
     assert corpus_drafter.table is not None and len(corpus_drafter.table) > 0  # kept beside it
 
