@@ -10,7 +10,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
-from tests.serve.lsp_client import RawClient
+from benchmarks.lsp_client import RawClient
 
 pytestmark = pytest.mark.e2e
 
