@@ -26,13 +26,14 @@ serve: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/tokenfill demo
 
-# The playground's browser test needs Debian's chromium and the editor test Debian's neovim;
-# where they cannot be installed, those tests skip with a message.
+# The playground's browser test needs Debian's chromium, the editor test Debian's neovim, and the
+# evaluation sandbox's strongest layer Debian's bubblewrap; where they cannot be installed, those
+# tests skip with a message (the sandbox then runs with its other layers).
 tools:
-	@(command -v chromium && command -v nvim) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		 apt-get install -y -qq chromium neovim >/dev/null) \
-		|| echo "chromium / neovim could not be installed: the browser and editor tests will skip"; }
+	@(command -v chromium && command -v nvim && command -v bwrap) >/dev/null 2>&1 || { \
+		[ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		 apt-get install -y -qq chromium neovim bubblewrap >/dev/null) \
+		|| echo "chromium / neovim / bubblewrap could not be installed: their tests will skip"; }
 
 # Everything CI must prove: unit tests, the real servers, the browser, the editor, the benches.
 test: $(VENV)/.installed-test tools

@@ -56,7 +56,13 @@ def syntax(args: argparse.Namespace) -> str:
     return syntax.run(args.model, per_kind=args.per_kind)
 
 
-BENCHES = {"runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
+def fuzz(args: argparse.Namespace) -> str:
+    from benchmarks import fuzz
+
+    return fuzz.run(args.model, bodies=args.bodies)
+
+
+BENCHES = {"fuzz": fuzz, "runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
            "cursor": cursor, "speculative": speculative, "syntax": syntax}
 
 
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "indentation); speculative: holes per kind (block-body, multi-line, "
                         "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
                         "block-body, dot-identifier)")
+    p.add_argument("--bodies", type=int, default=5000, help="fuzz: request bodies to send")
     p.add_argument("--no-transformers", action="store_true",
                    help="speculative: skip the comparison with transformers generate")
     return p

@@ -67,6 +67,12 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
                    help="checkpoint directory in Hugging Face layout (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a name clients reach the server by, besides the address bound and "
+                        "localhost (requests naming another host get 421); repeat for several")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (https://example.com) whose pages may call the API from a "
+                        "browser; none by default; repeat for several")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every request but /health")
@@ -333,7 +339,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_body_bytes=args.max_body_bytes, n_slots=args.slots,
                               cache_reuse=not args.no_cache_reuse,
                               default_max_tokens=args.max_tokens, cursor_mode=args.cursor_mode,
-                              speculative=args.speculative, syntax=args.syntax)
+                              speculative=args.speculative, syntax=args.syntax,
+                              host=args.host, allowed_hosts=tuple(args.allowed_host),
+                              cors_origins=tuple(args.cors_origin))
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -76,6 +76,22 @@ def test_split_partial_takes_the_last_pretokenizer_piece(tokenizer):
     assert cursor.split_partial(tokenizer, "") == ("", "")
 
 
+def test_a_word_longer_than_the_cap_gives_only_its_end(tokenizer):
+    word = "a" * 40_000
+    head, partial = cursor.split_partial(tokenizer, "x = " + word)
+    assert partial == "a" * cursor.MAX_PARTIAL and head + partial == "x = " + word
+
+
+def test_only_the_prefixs_tail_is_pretokenized(tokenizer, monkeypatch):
+    read = []
+    pretokenize = tokenizer.pretokenize
+    monkeypatch.setattr(tokenizer, "pretokenize", lambda text: read.append(len(text))
+                        or pretokenize(text))
+    big = "value = 1\n" * 100_000 + "if self.resu"
+    assert cursor.split_partial(tokenizer, big) == (big[:-4], "resu")
+    assert read == [cursor.TAIL]
+
+
 WORDS = [b"self", b"resu", b"sel", b" x", b" ==", b"\n   ", b"12", b"print", b"(a", b"x"]
 
 

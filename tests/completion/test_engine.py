@@ -289,3 +289,11 @@ def test_the_monitor_gets_the_file_and_project_in_every_cursor_mode(engine, monk
                                                path="/work/pkg/mod.py", project="/work"))
     assert seen == [("/work/pkg/mod.py", "/work")]
     assert result.members == 2
+
+
+@pytest.mark.parametrize("mode", ["exact", "heal", "none"])
+def test_a_very_long_word_at_the_cursor_is_completed_not_refused(engine, mode):
+    """A 40,000-character word once asked the exact cursor for more room than the context has."""
+    result = engine.complete(CompletionRequest(prefix="x = " + "ab" * 20_000, max_tokens=4,
+                                               cursor_mode=mode))
+    assert result.finish_reason in ("stop", "length") and result.prompt_tokens <= engine.context

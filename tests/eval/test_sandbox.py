@@ -80,11 +80,56 @@ def test_temporary_directory_is_removed_and_environment_is_minimal():
 
 
 def test_as_root_the_code_runs_as_nobody_without_network():
-    prefix, _ = sandbox.isolation()
-    if os.geteuid() != 0 or not prefix:
-        pytest.skip("needs root and unshare: the sandbox then falls back to limits + audit hook")
+    isolated = sandbox.isolation()
+    if os.geteuid() != 0 or isolated.name == "none":
+        pytest.skip("needs root and unshare or bubblewrap: the sandbox then falls back to limits "
+                    "and the audit hook")
     outcome = sandbox.run("import os, socket\nprint(os.getuid())\n"
                           "print(socket.if_nameindex())", QUICK)
     uid, interfaces = outcome.stdout.splitlines()
-    assert uid == str(sandbox.NOBODY) or "--setuid" not in prefix
+    assert uid == str(sandbox.NOBODY) or "--setuid" not in isolated.prefix
     assert "eth" not in interfaces  # only the namespace's own loopback
+
+
+# Escapes through plain Python that an audit hook does not see; each writes `target`.
+ESCAPES = {
+    "open with dir_fd": "import os\nd = os.open({parent!r}, os.O_RDONLY)\n"
+                        "os.close(os.open({name!r}, os.O_CREAT | os.O_WRONLY, dir_fd=d))",
+    "rename with dst_dir_fd": "import os\nopen('here', 'w').write('x')\n"
+                              "d = os.open({parent!r}, os.O_RDONLY)\n"
+                              "os.rename('here', {name!r}, dst_dir_fd=d)",
+    "sqlite3": "import sqlite3\nsqlite3.connect({target!r}).execute('create table t (x)')",
+    "mkfifo": "import os\nos.mkfifo({target!r})",
+    "_posixsubprocess": "import _posixsubprocess, os\n"
+                        "r, w = os.pipe()\n"
+                        "pid = _posixsubprocess.fork_exec([b'/bin/sh', b'-c', b'echo x > ' + "
+                        "{target!r}.encode()], [b'/bin/sh'], True, (w,), None, None, -1, -1, -1, "
+                        "-1, -1, -1, r, w, False, False, -1, None, None, None, -1, None, False)\n"
+                        "os.waitpid(pid, 0)",
+}
+
+
+def needs_bubblewrap() -> None:
+    if sandbox.isolation().name != "bubblewrap":
+        pytest.skip("bubblewrap (Debian's bubblewrap package) is not installed or does not work "
+                    "here: the sandbox falls back to namespaces, limits and the audit hook, "
+                    "which these escapes get past")
+
+
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_plain_python_cannot_write_outside(tmp_path, escape):
+    needs_bubblewrap()
+    target = tmp_path / "escaped"
+    code = ESCAPES[escape].format(parent=str(tmp_path), name=target.name, target=str(target))
+    sandbox.run(code, QUICK)
+    assert not target.exists(), escape
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_users_files_are_not_there_to_read(tmp_path):
+    needs_bubblewrap()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hunter2")
+    outcome = sandbox.run(f"print(open({str(secret)!r}).read())", QUICK)
+    assert not outcome.passed and "hunter2" not in outcome.stdout
+    assert "No such file" in outcome.stderr

@@ -80,5 +80,41 @@ def test_missing_pieces_are_named(tmp_path, tiny_model):
     config = json.loads((tmp_path / "config.json").read_text())
     config["num_hidden_layers"] = 3
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(CheckpointError, match="num_hidden_layers = 3, the weights hold 2"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("num_hidden_layers", 1_000_000_000), ("max_position_embeddings", 1e9),
+    ("hidden_size", -4), ("vocab_size", "many"), ("num_attention_heads", 0),
+])
+def test_absurd_sizes_are_refused_before_anything_is_allocated(tmp_path, tiny_model, name, value):
+    save_model(tiny_model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[name] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=name):
+        load_model(tmp_path)
+
+
+def test_a_size_that_disagrees_with_the_weights_is_named(tmp_path, tiny_model):
+    save_model(tiny_model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["intermediate_size"] += 8
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="mlp"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd",
+                                   "sub/../../outside.safetensors"])
+def test_a_shard_index_may_not_point_outside_the_checkpoint(tmp_path, tiny_model, shard):
+    checkpoint = tmp_path / "checkpoint"
+    save_model(tiny_model, checkpoint, dtype=torch.float32)
+    tensors = load_file(checkpoint / "model.safetensors")
+    (checkpoint / "model.safetensors").unlink()
+    save_file(tensors, tmp_path / "outside.safetensors")
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: shard for k in tensors}}))
+    with pytest.raises(CheckpointError, match="outside"):
+        load_model(checkpoint)

@@ -55,11 +55,24 @@ def test_top_p_keeps_only_the_nucleus():
     assert sample(logits, Sampling(), None) == 0
 
 
-def test_sampling_options_are_checked():
-    with pytest.raises(ValueError, match="temperature"):
-        Sampling(temperature=-1)
-    with pytest.raises(ValueError, match="top_p"):
-        Sampling(top_p=0)
+@pytest.mark.parametrize("options,name", [
+    ({"temperature": -1}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"), ({"temperature": 1e-300}, "temperature"),
+    ({"temperature": 1e308}, "temperature"), ({"top_p": 0}, "top_p"),
+    ({"top_p": float("nan")}, "top_p"), ({"min_p": float("nan")}, "min_p"),
+    ({"seed": 2**63}, "seed"), ({"seed": -1}, "seed"),
+])
+def test_sampling_options_are_checked(options, name):
+    with pytest.raises(ValueError, match=name):
+        Sampling(**options)
+
+
+def test_the_extremes_allowed_still_sample():
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    for options in ({"temperature": 1e-3}, {"temperature": 100.0}, {"temperature": 1.0,
+                    "top_p": 1e-300}, {"temperature": 1.0, "seed": 2**63 - 1}):
+        s = Sampling(**options)
+        assert 0 <= sample(logits, s, s.generator()) < 50
 
 
 def test_top_k_and_min_p_filter():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
+
+from benchmarks.lsp_client import RawClient
 
 pytestmark = pytest.mark.e2e
 
@@ -177,3 +180,47 @@ async def test_a_model_that_fails_to_load_is_an_error_until_a_good_one_is_set(
     assert counts.requests >= 1
     await configure(client, model=str(request.getfixturevalue("chatty_model_dir")))
     assert await inline(client, 0, 4)
+
+
+@pytest.fixture
+def raw(chatty_model_dir):
+    client = RawClient()
+    client.initialize({"model": str(chatty_model_dir), "debounceMs": 0, "maxTokens": 4,
+                       "cursorMode": "none"})
+    yield client
+    client.close()
+
+
+def test_inline_completion_is_offered_so_an_editor_asks_for_it(raw):
+    assert raw.capabilities.get("inlineCompletionProvider") not in (None, False)
+    raw.open(URI, "x = ")
+    reply = raw.inline_completion(URI, 0, 4)
+    assert reply["result"] and reply["result"][0]["insertText"]
+
+
+def test_broken_frames_and_bad_params_get_answers_and_the_server_keeps_listening(raw):
+    raw.open(URI, "x = ")
+    raw.write(b"Content-Length: 99999999999999999999\r\n\r\n{}")
+    raw.write(b"Content-Type: text/plain\r\n\r\n{\"lost\": true}")
+    raw.write(b"Content-Length: 5\r\n\r\n{\"jsonrpc\": \"2.0\", \"id\": 99}")
+    reply = raw.request("textDocument/inlineCompletion", {"textDocument": "not an object"})
+    assert reply["error"]["code"] == -32602 and "traceback" not in json.dumps(reply)
+    assert raw.inline_completion(URI, 0, 4)["result"]  # still listening, still completing
+    assert raw.orphans.get(timeout=10)["error"]["code"] == -32700  # the cut message: not JSON
+
+
+def test_a_document_never_opened_is_not_read_from_disk(raw, tmp_path):
+    secret = tmp_path / "secret.py"
+    secret.write_text("password = 'hunter2'\n")
+    reply = raw.inline_completion(secret.as_uri(), 0, 5)
+    assert reply["error"]["code"] == -32602 and "not open" in reply["error"]["message"]
+    assert "data" not in reply["error"] or not reply["error"]["data"]
+
+
+def test_a_bad_setting_is_left_out_and_completions_go_on(raw):
+    raw.notify("workspace/didChangeConfiguration", {"settings": {"tokenfill": {
+        "maxTokens": "abc", "cursorMode": "fuzzy", "debounceMs": -1}}})
+    raw.open(URI, "x = ")
+    assert raw.inline_completion(URI, 0, 4)["result"]
+    log = raw.close()
+    assert "ignored setting maxTokens='abc'" in log and "ignored setting cursorMode='fuzzy'" in log

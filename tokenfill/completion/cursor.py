@@ -47,12 +47,20 @@ from tokenfill.runtime.tokenizer import PrefixIndex, Tokenizer
 
 END = utf8.END   # the "end of the middle" outcome, after the 256 byte values
 MAX_BYTES = 32   # bytes generated one at a time before decoding goes on by tokens regardless
+MAX_PARTIAL = 64  # characters of a partial word conditioned on exactly: identifiers are shorter
+TAIL = 4 * MAX_PARTIAL  # characters read to find the partial word
 
 
 def split_partial(tokenizer: Tokenizer, prefix: str) -> tuple[str, str]:
-    """(head, partial): `partial` is the prefix's last pretokenizer piece, `head` what precedes it."""
-    spans = tokenizer.pretokenize(prefix)
-    start = spans[-1][0] if spans else len(prefix)
+    """(head, partial): `partial` is the prefix's last pretokenizer piece, `head` what precedes it.
+
+    Bounded work whatever the input: only the prefix's last `TAIL` characters are pretokenized,
+    and a piece longer than `MAX_PARTIAL` characters (a pasted blob, a minified line) gives only
+    its end; its start stays in `head`, encoded as it is."""
+    window = prefix[-TAIL:]
+    spans = tokenizer.pretokenize(window)
+    start = len(prefix) - len(window) + (spans[-1][0] if spans else len(window))
+    start = max(start, len(prefix) - MAX_PARTIAL)
     return prefix[:start], prefix[start:]
 
 

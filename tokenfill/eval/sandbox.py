@@ -1,6 +1,11 @@
 """Run untrusted Python (benchmark tests, generated code) in a limited subprocess.
 
 What it does, in layers:
+- where bubblewrap (`bwrap`, Debian's `bubblewrap`) is installed and works: mount, PID, network,
+  IPC and user namespaces, a read-only view of only the system's and Python's own files, the
+  temporary directory the only place it can write, `/tmp` a private tmpfs, and the user `nobody`;
+  every way plain Python has to touch the file system (`dir_fd`, `sqlite3`, `os.mkfifo`, a
+  process started through `_posixsubprocess`) meets that read-only view;
 - a fresh temporary directory as the working directory and HOME, deleted afterwards; a minimal
   environment; `python -I` (no user site, no PYTHON* variables);
 - resource limits: CPU seconds, address space, file size, open files, no core files, and a cap on
@@ -13,11 +18,11 @@ What it does, in layers:
   outside the temporary directory, new processes (fork, exec, subprocess, os.system) and socket
   connections.
 
-What it does not protect against: it is not a security boundary against code written to escape.
-The audit hook lives inside the sandboxed interpreter (ctypes or a C extension can get around it),
-reading the user's files stays possible where permissions allow, and without root or user
-namespaces there is no network namespace and no change of user: then only the audit hook and the
-limits stand. Use a VM or container for hostile code.
+Without bubblewrap it is not a boundary against code written to escape: the audit hook lives
+inside the sandboxed interpreter (ctypes, `_posixsubprocess` or a `dir_fd` get around it), reading
+the user's files stays possible where permissions allow, and without root or user namespaces there
+is no network namespace and no change of user: then only the audit hook and the limits stand.
+`isolation()` says which layers this machine gives; README.md has a table of escapes tried.
 """
 
 from __future__ import annotations
@@ -94,19 +99,51 @@ class Outcome:
         return self.status == "passed"
 
 
-@cache
-def isolation() -> tuple[tuple[str, ...], str]:
-    """(command prefix, interpreter): the strongest isolation that works on this machine.
+@dataclass(frozen=True)
+class Isolation:
+    name: str                   # "bubblewrap", "unshare" or "none"
+    prefix: tuple[str, ...]     # the command before the interpreter (bubblewrap: its mounts
+    python: str                 # are made per run, `command` adds the working directory)
 
-    As root: a network namespace and the user `nobody`, with an interpreter `nobody` can run
-    (this venv's may sit in a private home; the system's python3 serves then), else a network
-    namespace alone. Otherwise: a user + network namespace if allowed, else none.
+    def command(self, workdir: str, program: str) -> list[str]:
+        if self.name != "bubblewrap":
+            return [*self.prefix, self.python, "-I", "-B", program]
+        return [*self.prefix, "--bind", workdir, workdir, "--chdir", workdir, "--",
+                self.python, "-I", "-B", program]
+
+
+def bubblewrap(bwrap: str, python: str) -> tuple[str, ...]:
+    """bwrap's options for a run: system and interpreter files read-only, nothing else."""
+    base = os.path.realpath(sys.base_prefix)
+    mounts = [("--ro-bind-try", d, d) for d in ("/usr", "/lib", "/lib64", "/bin", "/sbin")]
+    mounts.append(("--ro-bind", base, base))
+    interpreter = os.path.dirname(os.path.realpath(python))
+    if not interpreter.startswith(("/usr/", base)):
+        mounts.append(("--ro-bind", interpreter, interpreter))
+    return (bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--uid", str(NOBODY), "--gid", str(NOBODY), *[x for m in mounts for x in m],
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp")
+
+
+@cache
+def isolation() -> Isolation:
+    """The strongest isolation that works on this machine: bubblewrap; else, as root, a network
+    namespace and the user `nobody`, with an interpreter `nobody` can run (this venv's may sit
+    in a private home; the system's python3 serves then), else a network namespace alone;
+    otherwise a user + network namespace if allowed, else none.
     """
+    pythons = list(dict.fromkeys([getattr(sys, "_base_executable", sys.executable),
+                                  sys.executable, "/usr/bin/python3"]))
+    bwrap = shutil.which("bwrap")
+    if bwrap is not None:
+        for python in pythons:
+            found = Isolation("bubblewrap", bubblewrap(bwrap, python), python)
+            with tempfile.TemporaryDirectory(prefix="tokenfill-sandbox-") as workdir:
+                if _works(found.command(workdir, "-c"), "pass"):
+                    return found
     unshare = shutil.which("unshare")
-    pythons = list(dict.fromkeys([sys.executable, getattr(sys, "_base_executable", sys.executable),
-                                  "/usr/bin/python3"]))
     if unshare is None:
-        return (), sys.executable
+        return Isolation("none", (), sys.executable)
     if os.geteuid() == 0:
         prefixes = [(unshare, "--net", "--setuid", str(NOBODY), "--setgid", str(NOBODY), "--"),
                     (unshare, "--net", "--")]
@@ -114,14 +151,18 @@ def isolation() -> tuple[tuple[str, ...], str]:
         prefixes = [(unshare, "--map-root-user", "--net", "--")]
     for prefix in prefixes:
         for python in pythons:
-            try:
-                probe = subprocess.run([*prefix, python, "-I", "-c", "pass"], capture_output=True,
-                                       timeout=20)
-            except (OSError, subprocess.TimeoutExpired):
-                continue
-            if probe.returncode == 0:
-                return prefix, python
-    return (), sys.executable
+            if _works([*prefix, python, "-I", "-c"], "pass"):
+                return Isolation("unshare", prefix, python)
+    return Isolation("none", (), sys.executable)
+
+
+def _works(command: list[str], code: str) -> bool:
+    """Does `command` + `code` run (exit 0) on this machine?"""
+    argv = [*command[:-1], "-c", code] if command[-1] == "-c" else [*command, code]
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def _limit(limits: Limits):
@@ -144,14 +185,14 @@ def run(code: str, limits: Limits = Limits()) -> Outcome:
         program = os.path.join(workdir, "program.py")
         with open(program, "w") as f:
             f.write(PRELUDE + "\n" + code)
-        prefix, python = isolation()
-        if "--setuid" in prefix:
+        isolated = isolation()
+        if "--setuid" in isolated.prefix:  # (bubblewrap maps its `nobody` to the caller's user)
             os.chown(workdir, NOBODY, NOBODY)
             os.chown(program, NOBODY, NOBODY)
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}
         start = time.perf_counter()
-        proc = subprocess.Popen([*prefix, python, "-I", "-B", program], cwd=workdir, env=env,
+        proc = subprocess.Popen(isolated.command(workdir, program), cwd=workdir, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, preexec_fn=_limit(limits))
         try:

@@ -2,6 +2,9 @@
 
 Weights load from `model.safetensors` or from shards listed in `model.safetensors.index.json`.
 Pickle-based files (`pytorch_model.bin`, `*.pt`) are refused: loading them can run arbitrary code.
+Nothing is allocated before config.json is checked against the weights' headers (sizes within
+`LIMITS`, as many layers as the weights hold, every tensor's shape), and a shard index may name
+files inside the checkpoint directory only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,24 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded, with the reason."""
 
 
+# config.json sizes past these are no model this runtime can hold (a value of 1e9 once made
+# loading spin, growing memory, or try to allocate a terabyte)
+LIMITS = {"vocab_size": 1 << 21, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
+          "num_hidden_layers": 1024, "num_attention_heads": 1024, "num_key_value_heads": 1024,
+          "head_dim": 1024, "max_position_embeddings": 1 << 20}
+
+
+def check_sizes(cfg: dict, path: Path) -> None:
+    for name, most in LIMITS.items():
+        value = cfg.get(name)
+        if value is None and name in ("head_dim", "num_key_value_heads",
+                                      "max_position_embeddings"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+            raise CheckpointError(f"{path}: {name} must be a whole number from 1 to {most}, "
+                                  f"not {value!r}")
+
+
 def weight_files(directory: Path) -> list[Path]:
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
@@ -29,6 +50,11 @@ def weight_files(directory: Path) -> list[Path]:
         return [single]
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        root = directory.resolve()
+        outside = [s for s in shards if not (root / s).resolve().is_relative_to(root)]
+        if outside:
+            raise CheckpointError(f"{index} names shards outside {directory}: "
+                                  f"{', '.join(outside[:3])}")
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing)}")
@@ -48,7 +74,30 @@ def load_config(directory: str | Path) -> ModelConfig:
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointError(f"no config.json in {directory}")
-    return ModelConfig.from_hf(json.loads(path.read_text()))
+    cfg = json.loads(path.read_text())
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    check_sizes(cfg, path)
+    return ModelConfig.from_hf(cfg)
+
+
+def weight_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name (without the `model.` prefix) and shape, from the files' headers."""
+    shapes = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                shapes[key.removeprefix("model.")] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def check_layers(config: ModelConfig, shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
+    """config.json's layer count against the weights', before a model of that size is built."""
+    layers = {int(name.split(".")[1]) for name in shapes
+              if name.startswith("layers.") and name.split(".")[1].isdigit()}
+    if layers != set(range(config.num_hidden_layers)):
+        raise CheckpointError(f"{directory}/config.json says num_hidden_layers = "
+                              f"{config.num_hidden_layers}, the weights hold {len(layers)} layers")
 
 
 def fim_layout(directory: str | Path) -> str:
@@ -64,10 +113,19 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> Tra
     """The network of a checkpoint directory, in eval mode, weights cast to `dtype`."""
     directory = Path(directory)
     config = load_config(directory)
+    files = weight_files(directory)
+    shapes = weight_shapes(files)
+    check_layers(config, shapes, directory)
     with torch.device("meta"):
         model = Transformer(config)
+    wrong = [f"{name} {shapes[name]} (config.json: {tuple(t.shape)})"
+             for name, t in model.state_dict().items() if name in shapes
+             and shapes[name] != tuple(t.shape)]
+    if wrong:
+        raise CheckpointError(f"weights of {directory} do not match its config.json: "
+                              f"{'; '.join(wrong[:3])}")
     state = {}
-    for path in weight_files(directory):
+    for path in files:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 name = key.removeprefix("model.")

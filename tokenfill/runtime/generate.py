@@ -28,6 +28,11 @@ class Constraint(Protocol):
     def advance(self, token: int) -> None: ...
 
 
+MIN_TEMPERATURE = 1e-3  # below it logits / temperature overflow: 0 is greedy
+MAX_TEMPERATURE = 100.0
+MAX_SEED = 2**63 - 1     # torch's generators take a signed 64-bit seed
+
+
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.0   # 0: greedy
@@ -37,14 +42,18 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        # written so that NaN fails every check: a comparison with NaN is false
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be 0 (greedy) or from {MIN_TEMPERATURE} to "
+                             f"{MAX_TEMPERATURE}")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
-        if self.top_k < 0:
+        if not self.top_k >= 0:
             raise ValueError("top_k must be >= 0")
         if not 0 <= self.min_p <= 1:
             raise ValueError("min_p must be in [0, 1]")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be from 0 to {MAX_SEED}")
 
     def generator(self) -> torch.Generator | None:
         if self.temperature == 0:
@@ -72,7 +81,8 @@ def probabilities(logits: Tensor, sampling: Sampling) -> Tensor:
         probs = probs.masked_fill(probs < sampling.min_p * probs.max(), 0)
     if sampling.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p  # keeps at least one
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        outside[0] = False  # the likeliest token stays, however small top_p is
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return probs / probs.sum()

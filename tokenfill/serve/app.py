@@ -14,6 +14,7 @@ supersedes nothing. A client that disconnects aborts its own request, within one
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
@@ -31,7 +33,7 @@ from starlette.routing import Route
 from tokenfill.completion.engine import Engine
 from tokenfill.paths import BUNDLED_MODEL, STATIC
 from tokenfill.serve.protocols import llamacpp, mistral, ollama, openai
-from tokenfill.serve.protocols.common import HTTPError
+from tokenfill.serve.protocols.common import ClientGone, HTTPError
 from tokenfill.serve.worker import Worker
 
 log = logging.getLogger("tokenfill.server")
@@ -50,6 +52,30 @@ class ServerSettings:
     syntax: bool = True                              # for requests that do not say (syntax.py)
     default_max_tokens: int = 64
     open_paths: tuple[str, ...] = ("/health", "/")   # reachable without the API key
+    host: str = "127.0.0.1"                          # the address bound
+    allowed_hosts: tuple[str, ...] = ()              # Host header names served besides it
+    cors_origins: tuple[str, ...] = ()               # web origins whose pages may call the API
+    body_timeout_s: float = 30.0                     # a body that stops arriving this long: 408
+
+    def served_hosts(self) -> frozenset[str] | None:
+        """The names a request's Host header may give (port aside); None: any (the server is
+        bound to every address and was given no names)."""
+        if self.host in ("0.0.0.0", "::", "") and not self.allowed_hosts:
+            return None
+        return frozenset({*LOOPBACK_NAMES, self.host.strip("[]").lower(),
+                          *(h.lower() for h in self.allowed_hosts)})
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def host_name(header: bytes) -> str:
+    """The name in a Host header, without its port: 'example.com:8080' -> 'example.com',
+    '[::1]:8080' -> '::1'."""
+    value = header.decode("latin-1").strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 def error_body(status: int, message: str) -> dict:
@@ -58,7 +84,10 @@ def error_body(status: int, message: str) -> dict:
 
 
 class RequestContext:
-    """ASGI middleware: request id header, API key check, one log line per request."""
+    """ASGI middleware: request id header, Host check, API key check, one log line per request.
+
+    The Host check stops DNS rebinding: a web page whose name was made to point at 127.0.0.1
+    can reach the server, but its requests carry its own name, which is not served."""
 
     def __init__(self, app, settings: ServerSettings):
         self.app = app
@@ -80,10 +109,18 @@ class RequestContext:
                 MutableHeaders(scope=message).append("X-Request-Id", request_id)
             await send(message)
 
+        headers = dict(scope["headers"])
+        hosts = self.settings.served_hosts()
+        if hosts is not None and host_name(headers.get(b"host", b"")) not in hosts:
+            shown = headers.get(b"host", b"").decode("latin-1")
+            response = JSONResponse(error_body(421, f"host {shown!r} is not served here; start "
+                                               "the server with --allowed-host NAME to serve "
+                                               "it"), status_code=421)
+            return await response(scope, receive, send_with_id)
         key = self.settings.api_key
         if key and scope["path"] not in self.settings.open_paths:
-            headers = dict(scope["headers"])
-            if headers.get(b"authorization", b"").decode() != f"Bearer {key}":
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, f"Bearer {key}".encode()):
                 response = JSONResponse(error_body(401, "missing or wrong API key: send "
                                                    "'Authorization: Bearer KEY'"), status_code=401)
                 return await response(scope, receive, send_with_id)
@@ -98,6 +135,10 @@ def log_request(request_id: str, scope, status: int, total_ms: float) -> None:
 
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, ClientGone):  # nobody reads this answer; not the server's failure
+        log.info("%s: the client went away before its request arrived",
+                 getattr(request.state, "request_id", "?"))
+        return JSONResponse(error_body(400, "the request body was cut short"), status_code=400)
     if isinstance(exc, HTTPError):
         status, message = exc.status, exc.message
     elif isinstance(exc, HTTPException):
@@ -154,8 +195,12 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starle
               Route("/stats", stats, methods=["GET"]), Route("/", playground, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPError: on_http_error, HTTPException: on_http_error,
-                                        Exception: on_http_error})
+                                        ClientGone: on_http_error, Exception: on_http_error})
     app.state.settings = settings
     app.state.worker, app.state.load_error = None, None
     app.add_middleware(RequestContext, settings=settings)
+    if settings.cors_origins:  # off by default: no web page may read the answers
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type", "x-tokenfill-client"])
     return app

@@ -24,18 +24,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.workspace import TextDocument
 
 from tokenfill import __version__
 from tokenfill.completion.cursor_modes import CURSOR_MODES
 from tokenfill.completion.request import UNLIMITED_TOKENS, CompletionRequest
 from tokenfill.paths import BUNDLED_MODEL
 from tokenfill.runtime.generate import Sampling
+from tokenfill.serve import lsp_io
 
 log = logging.getLogger("tokenfill.lsp")
 ACCEPT_COMMAND = "tokenfill.accept"
@@ -154,9 +160,19 @@ def infill_body(key: str, request: CompletionRequest) -> dict:
             "path": request.path, "project": request.project}
 
 
+class TokenfillProtocol(LanguageServerProtocol):
+    """pygls's protocol, whose error answers keep their message but not the Python traceback
+    (that goes to the server's log, stderr)."""
+
+    def _send_response(self, msg_id, result=None, error=None):
+        if error is not None and error.data is not None:
+            error = types.ResponseError(code=error.code, message=error.message)
+        super()._send_response(msg_id, result=result, error=error)
+
+
 class TokenfillServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__("tokenfill", __version__)
+        super().__init__("tokenfill", __version__, protocol_cls=TokenfillProtocol)
         self.settings = LspSettings()
         self.counts = Counts()
         self.backend: asyncio.Future | None = None  # -> InProcessBackend | RemoteBackend
@@ -186,6 +202,12 @@ class TokenfillServer(LanguageServer):
         log.info("backend: %s", url or model)
         return backend
 
+    def document(self, uri: str) -> TextDocument:
+        """An open document: the server reads only what the editor showed it, never the disk."""
+        if unquote(uri) not in self.workspace.text_documents:
+            raise JsonRpcInvalidParams(f"{uri} is not open: send textDocument/didOpen first")
+        return self.workspace.get_text_document(uri)
+
     async def completions(self, uri: str, position: types.Position, n: int, automatic: bool,
                           head: str = "") -> list[str] | None:
         """Up to `n` distinct completions at `position`, or None when superseded."""
@@ -198,7 +220,7 @@ class TokenfillServer(LanguageServer):
                 if self.latest.get(uri) != ticket:
                     self.counts.superseded += 1
                     return None
-            doc = self.workspace.get_text_document(uri)
+            doc = self.document(uri)
             offset = doc.offset_at_position(position)
             prefix, suffix = doc.source[:offset] + head, doc.source[offset:]
             texts: list[str] = []
@@ -236,14 +258,14 @@ def did_change_configuration(ls: TokenfillServer, params: types.DidChangeConfigu
     ls.configure(params.settings)
 
 
-@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION)
+@server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
 async def inline_completion(ls: TokenfillServer, params: types.InlineCompletionParams
                             ) -> list[types.InlineCompletionItem] | None:
     automatic = params.context.trigger_kind == types.InlineCompletionTriggerKind.Automatic
     selected = params.context.selected_completion_info
     position, head = params.position, ""
     if selected is not None:  # extend the selected item: complete after its text
-        doc = ls.workspace.get_text_document(params.text_document.uri)
+        doc = ls.document(params.text_document.uri)
         start = doc.offset_at_position(selected.range.start)
         end = doc.offset_at_position(position)
         head = selected.text[end - start:] if selected.text.startswith(
@@ -313,4 +335,10 @@ async def llm_ls_get_completions(ls: TokenfillServer, params: Any) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
-    server.start_io()
+    server._stop_event = threading.Event()
+    try:  # stdio through lsp_io.py: its framing survives what a client gets wrong
+        asyncio.run(lsp_io.serve(server.protocol, server._stop_event))
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    finally:
+        server.shutdown()

@@ -14,7 +14,8 @@ from tokenfill.serve.app import ServerSettings, create_app
 
 
 def client_for(engine: FakeEngine, **settings) -> TestClient:
-    client = TestClient(create_app(ServerSettings(**settings), engine=engine))
+    client = TestClient(create_app(ServerSettings(**settings), engine=engine),
+                        base_url="http://127.0.0.1:8080")
     client.__enter__()
     deadline = time.time() + 10
     while client.get("/health").status_code != 200:  # the engine is handed over in a thread
@@ -91,7 +92,7 @@ def test_mistral_fim_answers_chat_shaped(client, engine):
     ("/v1/completions", {"prompt": "a", "cursor_mode": "fuzzy"}, "cursor_mode"),
     ("/infill", {"input_prefix": "a", "n_indent": -1}, "n_indent"),
     ("/v1/completions", {"prompt": "a", "max_tokens": "many"}, "max_tokens"),
-    ("/v1/completions", {"prompt": "\ud800"}, "prefix"),
+    ("/v1/completions", {"prompt": "\ud800"}, "prompt"),
     ("/api/generate", {"prompt": "a", "options": {"top_p": 2}}, "options.top_p"),
 ])
 def test_a_bad_field_is_a_400_naming_it(client, engine, route, body, field):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from tokenfill.completion.engine import Completion
 from tokenfill.completion.fim import FimUnsupportedError
@@ -33,24 +34,82 @@ def bad(message: str) -> HTTPError:
     return HTTPError(400, message)
 
 
+class ClientGone(Exception):
+    """The client went away before its request body arrived: nobody is left to answer."""
+
+
 async def read_json(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past the server's size limit, 400 if not JSON."""
-    limit = request.app.state.settings.max_body_bytes
+    """The request body as a JSON object: 413 past the server's size limit, 415 unless sent as
+    `application/json` (a web page cannot send that to another site without the browser asking
+    first), 408 when the body stops arriving, 400 if it is not plain JSON (NaN and Infinity
+    are not JSON, nor are arrays nested past `MAX_DEPTH`)."""
+    settings = request.app.state.settings
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise HTTPError(415, "send the request body as JSON, with 'Content-Type: "
+                             f"application/json' (not {kind or 'no content type'})")
     body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+    chunks = request.stream().__aiter__()
     try:
-        data = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), settings.body_timeout_s)
+            except StopAsyncIteration:
+                break
+            body.extend(chunk)
+            if len(body) > limit:
+                raise HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+    except TimeoutError:
+        raise HTTPError(408, f"the request body stopped arriving for "
+                             f"{settings.body_timeout_s:g} s") from None
+    except ClientDisconnect:
+        raise ClientGone from None
+    return parse_json(bytes(body))
+
+
+MAX_DEPTH = 64  # arrays and objects nested deeper than any request needs
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    if _depth(body) > MAX_DEPTH:
+        raise bad(f"request body is nested more than {MAX_DEPTH} deep")
+    try:
+        data = json.loads(body or b"null", parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise bad(f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise bad("request body must be a JSON object")
     return data
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth(body: bytes) -> int:
+    """How deep brackets nest, outside strings (a bound check before the recursive parser)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 _KINDS = {
@@ -75,6 +134,10 @@ def field(body: dict, name: str, kind: type, default: Any = MISSING, *, low: flo
     description, ok = _KINDS[kind]
     if not ok(value):
         raise bad(f"field '{label}' must be {description}")
+    if kind is float and not math.isfinite(value):
+        raise bad(f"field '{label}' must be a finite number")
+    if kind is str:
+        text(value, label)
     if low is not None and value < low:
         raise bad(f"field '{label}' must be >= {low}")
     if high is not None and value > high:
@@ -82,15 +145,26 @@ def field(body: dict, name: str, kind: type, default: Any = MISSING, *, low: flo
     return float(value) if kind is float else value
 
 
+def text(value: str, label: str) -> str:
+    """A string that is Unicode text: JSON's "\\ud800" (a lone surrogate) is no character."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise bad(f"field '{label}' holds a lone surrogate (not valid Unicode text)") from None
+    return value
+
+
 def stop_strings(body: dict, name: str = "stop", where: str = "", most: int = 16) -> tuple[str, ...]:
     value = body.get(name)
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(s, str) for s in value) and len(value) <= most:
-        return tuple(value)
-    raise bad(f"field '{where}{name}' must be a string or an array of at most {most} strings")
+        value = [value]
+    if (isinstance(value, list) and all(isinstance(s, str) and s for s in value)
+            and len(value) <= most):
+        return tuple(text(s, f"{where}{name}") for s in value)
+    raise bad(f"field '{where}{name}' must be a non-empty string or an array of at most {most} "
+              "of them")
 
 
 def engine_options(body: dict) -> dict:

@@ -10,6 +10,8 @@ generation time; `cache_prompt: false` skips KV reuse. `id_slot` names the clien
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
@@ -65,8 +67,8 @@ def _seed(seed: int) -> int | None:
 
 def result_body(request: Request, result) -> dict:
     reason = result.finish_reason
-    stop_type = "word" if result.stop_string else {"length": "limit", "time": "limit"}.get(
-        reason, "eos")
+    stop_type = "word" if result.stop_string else {"length": "limit", "time": "limit",
+                                                   "aborted": "aborted"}.get(reason, "eos")
     gen_s = result.decode_ms / 1000
     return {
         "content": result.text, "tokens": [], "stop": True, "stop_type": stop_type,
@@ -123,7 +125,7 @@ async def props(request: Request):
         "default_generation_settings": {"n_predict": settings.default_max_tokens,
                                         "temperature": 0.8, "top_k": 40, "top_p": 0.95,
                                         "min_p": 0.05},
-        "total_slots": settings.n_slots, "model_path": str(settings.model),
+        "total_slots": settings.n_slots, "model_path": settings.model.name,
         "n_ctx": worker.engine.context if worker else None,
         "fim": worker.engine.fim.format.name if worker and worker.engine.fim else None,
         "build_info": f"tokenfill {__version__}",
@@ -136,7 +138,9 @@ async def tokenize(request: Request):
     worker = request.app.state.worker
     if worker is None:
         raise HTTPError(503, "the model is still loading; try again shortly")
-    return JSONResponse({"tokens": worker.engine.tokenizer.encode(content)})
+    # a 2 MB body takes a while to encode: off the event loop, which serves everyone else
+    return JSONResponse({"tokens": await asyncio.to_thread(worker.engine.tokenizer.encode,
+                                                           content)})
 
 
 ROUTES = [

@@ -66,7 +66,8 @@ async def generate(request: Request):
 
     def final(result) -> dict:
         return {"model": model, "created_at": now(), "response": "", "done": True,
-                "done_reason": "length" if result.finish_reason == "length" else "stop",
+                "done_reason": {"length": "length", "aborted": "aborted"}.get(
+                    result.finish_reason, "stop"),
                 "total_duration": int(result.total_ms * 1e6), "load_duration": 0,
                 "prompt_eval_count": result.prompt_evaluated,
                 "prompt_eval_duration": int(result.prefill_ms * 1e6),

@@ -24,6 +24,7 @@ from tokenfill.serve.protocols.common import (
     sse,
     stop_strings,
     stream,
+    text,
 )
 
 
@@ -37,6 +38,7 @@ def options_of(body: dict, default_max_tokens: int) -> tuple[dict, int, bool, st
         raise bad("missing field 'prompt'")
     if not isinstance(prompt, str):
         raise bad("field 'prompt' must be a string")
+    text(prompt, "prompt")
     seed = field(body, "seed", int, None)
     try:
         sampling = Sampling(temperature=field(body, "temperature", float, 1.0, low=0, high=2),
@@ -102,7 +104,9 @@ def choice(text: str, finish_reason: str | None) -> dict:
 
 
 def finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    """OpenAI's finish_reason: a completion cut short by a newer request or a client that went
+    away is "cancelled", never a plain "stop" that an empty text would pass for."""
+    return {"length": "length", "aborted": "cancelled"}.get(reason, "stop")
 
 
 async def models(request: Request):
