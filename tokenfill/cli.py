@@ -70,6 +70,11 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a name clients reach the server by, besides the address bound and "
                         "localhost (requests naming another host get 421); repeat for several")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a connection must send a request's headers within this time once it "
+                        "opens or starts one (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="a request body that stops arriving this long gets 408 (default 30)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (https://example.com) whose pages may call the API from a "
                         "browser; none by default; repeat for several")
@@ -327,6 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tokenfill.serve.app import ServerSettings, create_app
+    from tokenfill.serve.transport import with_header_timeout
 
     for needed in ("config.json", "tokenizer.json"):
         if not (args.model / needed).is_file():
@@ -341,8 +347,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               default_max_tokens=args.max_tokens, cursor_mode=args.cursor_mode,
                               speculative=args.speculative, syntax=args.syntax,
                               host=args.host, allowed_hosts=tuple(args.allowed_host),
-                              cors_origins=tuple(args.cors_origin))
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+                              cors_origins=tuple(args.cors_origin),
+                              body_timeout_s=args.body_timeout)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
+                http=with_header_timeout(args.header_timeout))
     return 0
 
 

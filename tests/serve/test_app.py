@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -316,3 +317,33 @@ def test_time_budget_ends_generation(server):
     elapsed = time.perf_counter() - start
     assert r["stop_type"] == "limit" and 0 < r["timings"]["predicted_n"] < 2000
     assert r["timings"]["predicted_ms"] < 300 + 1000 and elapsed < 10
+
+
+def read_all(sock: socket.socket, limit_s: float = 10) -> bytes:
+    sock.settimeout(limit_s)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def test_slow_clients_are_cut_off(chatty_model_dir, tmp_path):
+    srv = Server(chatty_model_dir, tmp_path / "server.log", "--header-timeout", "1",
+                 "--body-timeout", "1")
+    try:
+        host, port = "127.0.0.1", srv.port
+        with socket.create_connection((host, port)) as idle, \
+                socket.create_connection((host, port)) as slow_headers, \
+                socket.create_connection((host, port)) as slow_body:
+            slow_headers.sendall(b"POST /infill HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow_body.sendall(b"POST /infill HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                              b'{"input_')
+            started = time.time()
+            assert httpx.get(srv.url + "/health").status_code == 200  # others are served
+            assert read_all(idle) == b"" and read_all(slow_headers) == b""
+            assert time.time() - started < 8
+            answer = read_all(slow_body)
+            assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving" in answer
+    finally:
+        srv.stop()

@@ -68,7 +68,8 @@ def test_a_host_it_does_not_serve_gets_421(engine, host):
 
 
 def test_named_hosts_and_any_host_when_bound_to_all(engine):
-    named = client_for(engine, base_url="http://code.internal:8080", allowed_hosts=("code.internal",))
+    named = client_for(engine, base_url="http://code.internal:8080",
+                       allowed_hosts=("code.internal",))
     anywhere = client_for(engine, base_url="http://box.lan:8080", host="0.0.0.0")
     try:
         assert named.get("/props").status_code == 200
@@ -181,3 +182,14 @@ def test_a_superseded_request_says_so_in_every_protocol(engine):
     assert answers["openai"]["choices"][0]["finish_reason"] == "cancelled"
     assert answers["llamacpp"]["stop_type"] == "aborted"
     assert answers["ollama"]["done_reason"] == "aborted"
+
+
+def test_the_openapi_description_covers_every_route(client):
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    served = {(r.path, m) for r in client.app.routes for m in getattr(r, "methods", ()) or ()
+              if m in ("GET", "POST") and r.path not in ("/", "/openapi.json")}
+    described = {(path, method.upper()) for path, item in doc["paths"].items() for method in item}
+    assert described == served
+    infill = doc["paths"]["/infill"]["post"]["requestBody"]["content"]["application/json"]
+    assert {"input_prefix", "cursor_mode", "n_indent"} <= set(infill["schema"]["properties"])

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from tokenfill.completion.engine import Engine
 from tokenfill.paths import BUNDLED_MODEL, STATIC
+from tokenfill.serve import openapi
 from tokenfill.serve.protocols import llamacpp, mistral, ollama, openai
 from tokenfill.serve.protocols.common import ClientGone, HTTPError
 from tokenfill.serve.worker import Worker
@@ -47,7 +48,7 @@ class ServerSettings:
     max_body_bytes: int = 2 * 2**20
     n_slots: int = 4
     cache_reuse: bool = True
-    cursor_mode: str = "exact"                       # for requests that do not say (cursor_modes.py)
+    cursor_mode: str = "exact"                       # for requests that do not say (cursor_modes)
     speculative: bool = True                         # for requests that do not say (speculative/)
     syntax: bool = True                              # for requests that do not say (syntax.py)
     default_max_tokens: int = 64
@@ -169,6 +170,11 @@ async def stats(request: Request) -> JSONResponse:
     return JSONResponse({"worker": asdict(worker.stats), "slots": asdict(worker.slots.stats)})
 
 
+async def openapi_json(request: Request) -> JSONResponse:
+    """The routes described for schema-driven clients and fuzzers (openapi.py)."""
+    return JSONResponse(openapi.document())
+
+
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starlette:
     """The ASGI app; pass `engine` to serve an already loaded one (tests), else it loads."""
 
@@ -192,7 +198,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starle
             app.state.worker.close()
 
     routes = [*openai.ROUTES, *mistral.ROUTES, *llamacpp.ROUTES, *ollama.ROUTES,
-              Route("/stats", stats, methods=["GET"]), Route("/", playground, methods=["GET"])]
+              Route("/stats", stats, methods=["GET"]), Route("/", playground, methods=["GET"]),
+              Route("/openapi.json", openapi_json, methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPError: on_http_error, HTTPException: on_http_error,
                                         ClientGone: on_http_error, Exception: on_http_error})

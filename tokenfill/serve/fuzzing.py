@@ -1,5 +1,6 @@
-"""The request fields of every route, and generators of JSON values to put in them: shared by the
-fuzz tests (hypothesis) and the fuzz bench (a seeded generator, thousands of bodies)."""
+"""Generators of request bodies for every route (its fields as openapi.py describes them), with
+values at the edges: shared by the fuzz tests (hypothesis) and the fuzz bench (a seeded
+generator, thousands of bodies)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,11 @@ import json
 import random
 from typing import Any
 
-TOKENFILL = ["cursor_mode", "speculative", "syntax", "invoked", "single_line", "path", "project"]
-ROUTES: dict[str, list[str]] = {
-    "/v1/completions": ["prompt", "suffix", "max_tokens", "temperature", "top_p", "n", "stream",
-                        "stop", "seed", "echo", "logprobs", "user", "model", *TOKENFILL],
-    "/infill": ["input_prefix", "input_suffix", "prompt", "input_extra", "n_predict",
-                "temperature", "top_p", "top_k", "min_p", "seed", "stream", "stop", "n_indent",
-                "t_max_predict_ms", "cache_prompt", "id_slot", "n_cmpl", "n_probs", *TOKENFILL],
-    "/api/generate": ["model", "prompt", "suffix", "stream", "raw", "options", "keep_alive",
-                      *TOKENFILL],
-    "/v1/fim/completions": ["model", "prompt", "suffix", "max_tokens", "min_tokens",
-                            "temperature", "top_p", "random_seed", "stop", "stream", "user",
-                            *TOKENFILL],
-    "/tokenize": ["content"],
-    "/api/show": ["name", "model"],
-}
-OPTIONS = ["num_predict", "temperature", "top_p", "top_k", "seed", "stop", "num_ctx"]
+from tokenfill.serve import openapi
+
+ROUTES: dict[str, list[str]] = {route: list(fields)
+                                for route, (_, fields) in openapi.ROUTES.items()}
+OPTIONS = list(openapi.ROUTES["/api/generate"][1]["options"]["properties"])
 
 TEXTS = ["", "x = ", "def f(a, b):\n    return ", "obj.pa", "\ud800", "<fim_middle>", "\x00",
          "a" * 5000, "é" * 300, "# comment ", "\n" * 50, "exact", "heal", "none", "fuzzy"]
