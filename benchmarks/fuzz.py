@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,11 +74,29 @@ def fuzz_http(model: Path, bodies: int, seed: int, progress: bool) -> dict:
                         fives.append(f"{route} {body[:200]!r} -> {r.status_code} {r.text[:200]}")
             alive = server.proc.poll() is None
             end_rss = server.rss_bytes() if alive else 0
+            schema = schemathesis(server.url, seed) if alive else "not run: the server died"
         finally:
             server.stop()
     return {"sent": bodies, **counts, "alive": alive, "worst_cpu_s": worst_cpu,
             "worst_rss_mb": worst_rss / 2**20, "rss_growth_mb": (end_rss - start_rss) / 2**20,
-            "fives": fives}
+            "fives": fives, "schemathesis": schema}
+
+
+def schemathesis(url: str, seed: int, examples: int = 50) -> str:
+    """Schemathesis (installed with the `eval` extra) driven by /openapi.json, checking that no
+    answer is a server error; its summary line, or why it did not run."""
+    st = Path(sys.executable).parent / "st"
+    if not st.is_file():
+        return "not run: schemathesis is not installed (pip install 'tokenfill[eval]')"
+    run = subprocess.run([str(st), "run", f"{url}/openapi.json", "--checks",
+                          "not_a_server_error", "--max-examples", str(examples), "--seed",
+                          str(seed), "--no-color"], capture_output=True, text=True, timeout=1800)
+    out = run.stdout + run.stderr
+    cases = re.search(r"(\d+) generated, (\d+) passed(?:, (\d+) failed)?", out)
+    verdict = "no issues found" if "No issues found" in out else \
+        (re.findall(r"=+ (.*(?:issue|fail|error).*?) in [\d.]+s =+", out) or ["see its output"])[-1]
+    return (f"{cases[1]} test cases generated, {cases[2]} passed: {verdict}" if cases
+            else f"exit {run.returncode}: {out.strip().splitlines()[-1] if out.strip() else ''}")
 
 
 def fuzz_lsp(model: Path, messages: int, seed: int) -> dict:
@@ -132,6 +153,8 @@ def run(model: Path, bodies: int = 5000, lsp_messages: int = 500, seed: int = 0,
         f"| language server | {lsp['messages']} messages | {lsp['answered']} of {lsp['checks']} "
         f"checks answered | | | | {'yes' if lsp['alive'] else 'NO'} | | |",
     ]
+    lines += ["", f"Schemathesis on `/openapi.json` (every route, its `not_a_server_error` check, "
+                  f"seed {seed}): {http['schemathesis']}."]
     if http["fives"]:
         lines += ["", "5xx answers:", *[f"- `{f}`" for f in http["fives"][:10]]]
     if "error" in lsp:

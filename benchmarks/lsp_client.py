@@ -10,6 +10,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -26,7 +27,9 @@ class RawClient:
         self.replies: dict[Any, queue.Queue] = {}
         self.orphans: queue.Queue = queue.Queue()  # replies with a null id
         self.capabilities: dict = {}
+        self.log: list[bytes] = []  # the server's stderr, drained so that it never blocks on it
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=lambda: self.log.extend(self.proc.stderr), daemon=True).start()
 
     def _read(self) -> None:
         out = self.proc.stdout
@@ -94,4 +97,6 @@ class RawClient:
             self.proc.wait(timeout=10)
         except Exception:  # noqa: BLE001 - a server that died is what the test then reports
             self.proc.kill()
-        return self.proc.stderr.read().decode(errors="replace")
+            self.proc.wait(timeout=10)
+        time.sleep(0.1)  # the last lines reach the drain
+        return b"".join(self.log).decode(errors="replace")
