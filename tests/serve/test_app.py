@@ -195,7 +195,8 @@ def test_newer_request_supersedes_older(server):
     ("/nowhere", {}, 404, "no route"),
 ])
 def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, path, body, status, message):
-    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} \
+        if isinstance(body, bytes) else {"json": body}
     r = httpx.post(server.url + path, **kwargs)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]["message"]
@@ -303,7 +304,7 @@ def test_fim_routes_answer_501_without_fim_tokens(keyed_plain_server):
 
 def test_model_still_loading_gets_503():
     app = create_app(ServerSettings())
-    client = TestClient(app)  # no lifespan: the model never starts loading
+    client = TestClient(app, base_url="http://127.0.0.1")  # no lifespan: no model loading
     r = client.post("/v1/completions", json={"prompt": "a"})
     assert r.status_code == 503 and "loading" in r.json()["error"]["message"]
     assert client.get("/health").status_code == 503
