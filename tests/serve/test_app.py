@@ -348,3 +348,19 @@ def test_slow_clients_are_cut_off(chatty_model_dir, tmp_path):
             assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving" in answer
     finally:
         srv.stop()
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(server):
+    before = server.log()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /infill HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     b'{"input_prefix": "a')
+        time.sleep(0.3)
+    deadline = time.time() + 5
+    while "went away before its request arrived" not in server.log() and time.time() < deadline:
+        time.sleep(0.1)
+    log = server.log()[len(before):]
+    assert "went away before its request arrived" in log
+    assert "internal error" not in log and "Traceback" not in log
+    assert httpx.get(server.url + "/health").status_code == 200
