@@ -139,3 +139,23 @@ def test_the_language_servers_remote_backend_carries_the_whole_request(client, e
     r = client.post("/infill", json=infill_body("file:///w/a.py", sent))
     assert r.status_code == 200
     assert engine.requests[-1] == sent
+
+
+@pytest.mark.parametrize("route,body,last", [
+    ("/v1/completions", {"prompt": "boom", "stream": True}, "sse-done"),
+    ("/v1/fim/completions", {"prompt": "boom", "stream": True}, "sse-done"),
+    ("/infill", {"input_prefix": "boom", "stream": True}, "sse"),
+    ("/api/generate", {"prompt": "boom"}, "ndjson"),
+])
+def test_a_stream_that_fails_after_its_200_ends_with_an_error_event(client, route, body, last):
+    r = client.post(route, json=body)
+    assert r.status_code == 200
+    if last == "ndjson":
+        events = [json.loads(line) for line in r.text.splitlines()]
+    else:
+        events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+        if last == "sse-done":
+            assert events.pop() == "[DONE]"
+        events = [json.loads(e) for e in events]
+    error = events[-1]["error"]  # Ollama's is a string, the others' an object with a message
+    assert "the model fell over" in (error if last == "ndjson" else error["message"])
