@@ -151,7 +151,8 @@ class Engine:
         prompt = self.prompt(request, max_tokens)
         out = _Output(self.stop_rule(request, context), on_text, abort,
                       start + request.time_budget_ms / 1000 if request.time_budget_ms else None)
-        slot, cached = slots.acquire(prompt.ids, request.reuse) if slots else (None, 0)
+        slot, cached = (slots.acquire(prompt.ids, request.reuse) if slots is not None
+                        else (None, 0))
         cached = min(cached, len(prompt.ids) - 1)  # the last prompt token runs: its logits count
         cache = slot.cache if slot else self.model.new_cache(1, self.context)
         generator = request.sampling.generator()
