@@ -112,44 +112,15 @@ class Speculator:
         over = max_new_tokens <= 0 or emit(pick(logits))
         pos = len(prompt)  # the last token goes here; the cache holds everything before it
         while not over:
-            room = cache.max_seq - pos
             left = max_new_tokens - len(out.tokens)  # a deeper draft could not be used
-            tree = self.tree(context, min(self.max_nodes, room), left - 1)
-            tokens = torch.tensor(tree.tokens)
-            t1 = time.perf_counter()
-            if len(tree) == 1:  # nothing worth drafting: a plain step
-                logits = forward(model, tokens[None], pos, cache)[0]
-            else:
-                logits = forward(model, tokens[None], pos, cache, positions=tree.positions(pos),
-                               mask=tree.mask())[0]
-            self.cost.observe(len(tree), time.perf_counter() - t1)
+            tree = self.tree(context, min(self.max_nodes, cache.max_seq - pos), left - 1)
+            logits = self._verify(model, tree, pos, cache)
             out.forwards += 1
-            for drafter in self.drafters:
-                drafter.verified(tokens, logits)
             # greedy: every node's argmax at once
             best = greedy_rows(logits, vocab_limit) if sampling.temperature == 0 else None
-            node, accepted = 0, [0]
-            while True:
-                kids = tree.children[node]
-                token = pick(logits[node], best[node] if best is not None else None)
-                hit = next((k for k in kids if tree.tokens[k] == token), None)
-                for k in kids:
-                    together = len(tree.sources[k]) > 1
-                    for source in tree.sources[k]:
-                        self.rates.observe(source, k == hit, together)
-                over = emit(token)
-                if hit is None or token in end_ids:  # an end token is not part of the output
-                    break
-                accepted.append(hit)
-                node = hit
-                if over:
-                    break
+            accepted, over = self._walk(tree, logits, best, pick, emit, end_ids)
             self._count(out, tree, accepted)
-            # node i was written to slot pos + i; the accepted ones belong in pos, pos + 1, ...
-            # (depth first, the likeliest path's nodes are there already: those stay)
-            first = next((i for i, node in enumerate(accepted) if node != i), len(accepted))
-            if first < len(accepted):
-                cache.move(torch.tensor(accepted[first:]) + pos, pos + first)
+            self._lay(cache, accepted, pos)
             pos += len(accepted)
             out.cache_valid = pos
             for drafter in self.drafters:
@@ -158,6 +129,52 @@ class Speculator:
             drafter.finish(context[len(prompt) - min(len(prompt), 3):])
         out.decode_s = time.perf_counter() - t0
         return out
+
+    def _verify(self, model: Transformer, tree: DraftTree, pos: int, cache: KVCache) -> Tensor:
+        """One pass over the tree's nodes at cache slots pos, pos + 1, ...: each node's logits
+        (T, vocab). The pass is timed for the cost model; the drafters see its logits."""
+        tokens = torch.tensor(tree.tokens)
+        t0 = time.perf_counter()
+        if len(tree) == 1:  # nothing worth drafting: a plain step
+            logits = forward(model, tokens[None], pos, cache)[0]
+        else:
+            logits = forward(model, tokens[None], pos, cache, positions=tree.positions(pos),
+                             mask=tree.mask())[0]
+        self.cost.observe(len(tree), time.perf_counter() - t0)
+        for drafter in self.drafters:
+            drafter.verified(tokens, logits)
+        return logits
+
+    def _walk(self, tree: DraftTree, logits: Tensor, best: list[int] | None,
+              pick: Callable[[Tensor, int | None], int], emit: Callable[[int], bool],
+              end_ids: frozenset[int]) -> tuple[list[int], bool]:
+        """From the root, draw each next token from its node's logits and go on while it is a
+        child (the acceptance rule: only the model's own choice is kept). The nodes taken, the
+        root first, and whether the generation is over."""
+        node, accepted = 0, [0]
+        while True:
+            kids = tree.children[node]
+            token = pick(logits[node], best[node] if best is not None else None)
+            hit = next((k for k in kids if tree.tokens[k] == token), None)
+            for k in kids:
+                together = len(tree.sources[k]) > 1
+                for source in tree.sources[k]:
+                    self.rates.observe(source, k == hit, together)
+            over = emit(token)
+            if hit is None or token in end_ids:  # an end token is not part of the output
+                return accepted, over
+            accepted.append(hit)
+            node = hit
+            if over:
+                return accepted, over
+
+    @staticmethod
+    def _lay(cache: KVCache, accepted: list[int], pos: int) -> None:
+        """Node i was written to slot pos + i; the accepted ones belong in pos, pos + 1, ...
+        (depth first, the likeliest path's nodes are there already: those stay)."""
+        first = next((i for i, node in enumerate(accepted) if node != i), len(accepted))
+        if first < len(accepted):
+            cache.move(torch.tensor(accepted[first:]) + pos, pos + first)
 
     @staticmethod
     def _count(out: Generation, tree: DraftTree, accepted: list[int]) -> None:
