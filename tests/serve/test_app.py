@@ -12,41 +12,15 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from tests.serve.servers import Server
 from tokenfill.serve.app import ServerSettings, create_app
-from tokenfill.serve.launch import ServerProcess
 
 pytestmark = pytest.mark.e2e
-
-
-class Server(ServerProcess):
-    def __init__(self, model_dir: Path, log_path: Path, *args: str):
-        super().__init__(model_dir, log_path, "--dtype", "fp32", *args)
-        self.model_name = model_dir.name
-
-    def log_line(self, request_id: str, timeout: float = 10) -> str:
-        """The worker's line for this request (its completion's timings and how it ended)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            for line in self.log().splitlines():
-                if f"{request_id} completion:" in line:
-                    return line
-            time.sleep(0.1)
-        raise AssertionError(f"no log line for {request_id}:\n{self.log()}")
-
-
-@pytest.fixture(scope="module")
-def server(chatty_model_dir, tmp_path_factory):
-    # the fake model says only 'a' or 'b', never a partial word: plain prompts test the plumbing
-    srv = Server(chatty_model_dir, tmp_path_factory.mktemp("log") / "server.log",
-                 "--cursor-mode", "none")
-    yield srv
-    srv.stop()
 
 
 # --- the official openai client ---------------------------------------------------------------

@@ -8,8 +8,6 @@ import shutil
 
 import pytest
 
-from tests.serve.test_app import Server
-
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -26,15 +24,6 @@ def browser():
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         yield browser
         browser.close()
-
-
-@pytest.fixture(scope="module")
-def server(chatty_model_dir, tmp_path_factory):
-    # the fake model says only 'a' or 'b', never a partial word: plain prompts test the plumbing
-    srv = Server(chatty_model_dir, tmp_path_factory.mktemp("log") / "server.log",
-                 "--cursor-mode", "none")
-    yield srv
-    srv.stop()
 
 
 def test_ghost_text_appears_while_typing_and_tab_accepts(browser, server, tmp_path):
