@@ -56,6 +56,12 @@ def syntax(args: argparse.Namespace) -> str:
     return syntax.run(args.model, per_kind=args.per_kind)
 
 
+def endings(args: argparse.Namespace) -> str:
+    from benchmarks import endings
+
+    return endings.run(args.model, per_kind=args.per_kind, humaneval=args.limit or 200)
+
+
 def fuzz(args: argparse.Namespace) -> str:
     from benchmarks import fuzz
 
@@ -63,7 +69,7 @@ def fuzz(args: argparse.Namespace) -> str:
 
 
 BENCHES = {"fuzz": fuzz, "runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
-           "cursor": cursor, "speculative": speculative, "syntax": syntax}
+           "cursor": cursor, "speculative": speculative, "syntax": syntax, "endings": endings}
 
 
 TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench yet
@@ -75,6 +81,7 @@ TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench ye
     "cursor": "A cursor inside a token: `exact`, `heal` and `none`",
     "speculative": "Speculative decoding vs plain decoding",
     "syntax": "Syntax-aware completion vs raw decoding",
+    "endings": "Where completions end: the end guard off and on",
 }
 
 
@@ -86,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL)
     p.add_argument("--no-write", action="store_true",
                    help="print the table only; leave BENCHMARKS.md as it is")
-    p.add_argument("--limit", type=int, default=0, help="humaneval: at most this many tasks")
+    p.add_argument("--limit", type=int, default=0,
+                   help="humaneval: at most this many tasks; endings: HumanEval rows (200)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="runtime: the dtype to measure (auto: both); humaneval: as for complete")
     p.add_argument("--files", type=int, default=12, help="typing: held-out files to type in")
@@ -98,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cursor: holes per token kind (identifier, number, operator, "
                         "indentation); speculative: holes per kind (block-body, multi-line, "
                         "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
-                        "block-body, dot-identifier)")
+                        "block-body, dot-identifier); endings: the same kinds")
     p.add_argument("--bodies", type=int, default=5000, help="fuzz: request bodies to send")
     p.add_argument("--no-transformers", action="store_true",
                    help="speculative: skip the comparison with transformers generate")

@@ -266,13 +266,40 @@ def test_syntax_declines_in_a_comment_unless_invoked(engine):
     assert not warm.skipped and warm.prompt_tokens > 0
 
 
-def test_syntax_picks_a_block_after_an_opener_and_stops_early(engine):
+def test_syntax_picks_a_block_after_an_opener_and_stops_early(engine, monkeypatch):
+    monkeypatch.setattr(engine, "hold_end", False)  # raw decoding has no end guard either
     block = engine.complete(CompletionRequest(prefix="def add(a, b):", suffix="\n", max_tokens=24,
                                               cursor_mode="none"))
     assert block.mode == "block"
     raw = engine.complete(CompletionRequest(prefix="def add(a, b):", suffix="\n", max_tokens=24,
                                             cursor_mode="none", syntax=False))
     assert raw.text.startswith(block.text) and block.tokens <= raw.tokens
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_the_end_guard_holds_the_end_token_until_the_unit_can_be_complete(engine, monkeypatch,
+                                                                          speculative):
+    output = engine.model.output
+    end = sorted(engine.end_ids)
+
+    def eager_to_end(x, inference=False):  # the model would end the middle at once, everywhere
+        logits = output(x, inference)
+        logits[..., end] += 1000.0
+        return logits
+
+    monkeypatch.setattr(engine.model, "output", eager_to_end)
+
+    def complete(prefix: str, suffix: str, syntax: bool = True):
+        return engine.complete(CompletionRequest(prefix=prefix, suffix=suffix, max_tokens=12,
+                                                 cursor_mode="none", syntax=syntax,
+                                                 speculative=speculative))
+
+    assert complete("def add(a, b):", "\n", syntax=False).text == ""
+    held = complete("def add(a, b):", "\n")  # a body is due: the end token waits
+    assert held.text.strip() and held.tokens > 0
+    assert complete("x = compute(1)", "\n").text == ""  # already a whole statement: it may end
+    monkeypatch.setattr(engine, "hold_end", False)
+    assert complete("def add(a, b):", "\n").text == ""
 
 
 @pytest.mark.parametrize("mode", ["exact", "heal", "none"])

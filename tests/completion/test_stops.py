@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
+import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tokenfill.completion.stops import StopRule, valid_utf8_prefix
+from tokenfill.completion.stops import EndGuard, StopRule, valid_utf8_prefix
+from tokenfill.completion.syntax import analyze
 
-# The syntax-aware rules are tested case by case in tests/golden/syntax.toml (test_syntax.py).
+# The syntax-aware rules are tested case by case in tests/golden/syntax.toml (test_syntax.py);
+# the end guard in tests/golden/endings.toml (below).
+ENDINGS = tomllib.loads((Path(__file__).parent / "golden" / "endings.toml").read_text())["case"]
 
 
 def feed_all(stop: StopRule, tokenizer, raw: str) -> bool:
@@ -103,3 +110,31 @@ def test_the_scan_goes_on_where_it_left_off(tokenizer, cursor, pieces):
     for piece in pieces:
         text += piece
         assert rule.scan(text) == rule.scan_from(text, None)[0], (cursor, text)
+
+
+@pytest.mark.parametrize("case", ENDINGS, ids=[c["name"] for c in ENDINGS])
+def test_golden_end_guard(case, tokenizer):
+    prefix, suffix = case["code"].split("‸")
+    rule = StopRule(tokenizer, prefix, suffix, context=analyze(prefix, suffix))
+    for b in case["text"].encode():
+        assert not rule.feed(bytes([b])), "the text must not end by the stop rules"
+    assert rule.may_end() == case["may_end"], rule.mode
+
+
+def test_end_guard_masks_only_the_end_ids_and_only_while_the_unit_is_incomplete(tokenizer):
+    rule = StopRule(tokenizer, "import os\n", "\n")
+    guard = EndGuard(rule, frozenset({0, 3}), tokenizer.vocab_size)
+    rule.feed(b"class B")
+    mask = guard.allowed()
+    assert mask is not None and not mask[0] and not mask[3] and int(mask.sum()) == len(mask) - 2
+    rule.feed(b":\n    pass\n")
+    assert guard.allowed() is None
+    assert EndGuard(StopRule(tokenizer, "import os\n", "\n", syntax=False), frozenset({0}),
+                    8).allowed() is None  # raw decoding: nothing held back
+
+
+def test_raw_decoding_ends_wherever_the_model_says(tokenizer):
+    rule = StopRule(tokenizer, "def f(x):\n    ", "\n", syntax=False)
+    rule.feed(b"if")
+    assert rule.may_end()
+    assert isinstance(EndGuard(rule, frozenset({0}), 4).mask, torch.Tensor)

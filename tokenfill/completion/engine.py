@@ -21,7 +21,7 @@ from tokenfill.completion import cursor, fim, utf8
 from tokenfill.completion.cursor_modes import CURSOR_MODES, Begun, Plain
 from tokenfill.completion.monitor import MemberConstraint, Monitor
 from tokenfill.completion.request import CompletionRequest
-from tokenfill.completion.stops import StopRule
+from tokenfill.completion.stops import EndGuard, StopRule
 from tokenfill.completion.syntax import CursorContext, analyze, decide
 from tokenfill.runtime.checkpoint import fim_layout, load_model
 from tokenfill.runtime.generate import Generation, generate
@@ -106,6 +106,9 @@ class Engine:
         self.ngrams = ngrams  # the corpus drafter's table (ngram_table.py), if the model has one
         self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams)  # outlives requests
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
+        # syntax on: the end token waits until the line or block can be complete (stops.EndGuard);
+        # off only to measure what the guard changes
+        self.hold_end = True
         # texts fitting the context encoded lately: while a person types, the suffix and its
         # windows come back request after request
         self.encoded: OrderedDict[str, tuple[int, ...]] = OrderedDict()
@@ -208,8 +211,9 @@ class Engine:
 
     def constraints(self, request: CompletionRequest, context: CursorContext | None,
                     out: _Output, need: bytes) -> tuple[list, int]:
-        """What decoding must respect: whole UTF-8 characters, the bytes still to spell, and after
-        `name.` the members static analysis finds. Also how many members those were."""
+        """What decoding must respect: whole UTF-8 characters, the bytes still to spell, after
+        `name.` the members static analysis finds, and with syntax on no end before the line or
+        block can be complete. Also how many members those were."""
         before = request.prefix.encode() + out.rule.data  # the needed bytes are spelled again
         before = before[:len(before) - len(need)]
         vocab = len(self.tokenizer.token_bytes)
@@ -222,6 +226,8 @@ class Engine:
                                            request.project)
             if members:
                 found.append(MemberConstraint(self.tokenizer, members, before))
+        if context is not None and self.hold_end:
+            found.append(EndGuard(out.rule, self.end_ids, vocab))
         return found, len(members)
 
     def decode(self, request: CompletionRequest, context: CursorContext | None, prompt: Prompt,

@@ -22,6 +22,9 @@ send.
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
 from tokenfill.completion.syntax import (
     CLOSERS,
     OPENERS,
@@ -29,7 +32,9 @@ from tokenfill.completion.syntax import (
     Indentation,
     analyze,
     decide,
+    fragment_closed,
     indent_width,
+    statements_complete,
 )
 from tokenfill.runtime.tokenizer import Tokenizer
 
@@ -80,6 +85,7 @@ class StopRule:
         self.cut: int | None = None  # characters of the generated text to keep, once decided
         self.matched = ""            # the stop string that ended the completion, if one did
         self._resume: tuple | None = None  # where the next scan goes on from
+        self._may_end: tuple[int, bool] = (-1, True)  # (bytes seen, may_end) last worked out
 
     def __call__(self, token: int) -> bool:
         return self.feed(self.token_bytes[token])
@@ -127,11 +133,44 @@ class StopRule:
     def syntax_cut(self, text: str) -> int | None:
         if self.ctx is None:
             return None
-        scan = self.scan(text)
-        if self.mode == "line":
-            return scan
-        block = self.block_cut(text)
-        return block if scan is None else scan if block is None else min(scan, block)
+        cuts = [self.scan(text), self.repeat_cut(text)]
+        if self.mode == "block":
+            cuts.append(self.block_cut(text))
+        return min((c for c in cuts if c is not None), default=None)
+
+    def repeat_cut(self, text: str) -> int | None:
+        """Before a line that repeats the line before it: a model going round in a loop."""
+        previous = [self.cursor_line + text.split("\n", 1)[0]]
+
+        def repeats(line: str, complete: bool) -> bool:
+            same = complete and line.strip() != "" and line == previous[0]
+            previous[0] = line
+            return same
+
+        return self._first_line_where(text, repeats)
+
+    def may_end(self) -> bool:
+        """Whether the end token may end the completion here. With syntax on, only once the unit
+        the syntax layer chose can be complete: for a line, the cursor's line with the text and
+        the suffix's rest of the line is a whole statement or a block opener's head; for a block, the text holds whole
+        statements (an opener with its body) and, where the suffix goes on on the cursor's line,
+        ends its last line. Inside brackets open at the cursor, the text must close its own
+        brackets and strings (and a block must hold something)."""
+        ctx = self.ctx
+        if ctx is None or ctx.in_string or ctx.in_comment:
+            return True
+        if self._may_end[0] == len(self.data):
+            return self._may_end[1]
+        text = valid_utf8_prefix(self.data)
+        if ctx.open_brackets:
+            ok = fragment_closed(text) and (self.mode == "line" or text.strip() != "")
+        elif self.mode == "line":
+            ok = statements_complete(self.cursor_line + text + ctx.rest_of_line, opener_ok=True)
+        else:
+            ok = statements_complete(self.cursor_line + text) and \
+                (not self.keep_newline or text.endswith("\n"))
+        self._may_end = (len(self.data), ok)
+        return ok
 
     def scan(self, text: str) -> int | None:
         """Line mode's cuts, and the bracket and quote cuts of both modes: one pass over the text
@@ -275,3 +314,20 @@ class StopRule:
                     safe = min(safe, len(text) - k)
                     break
         return self._styled(text[:safe])
+
+
+class EndGuard:
+    """Decoding constraint (generate.choose): the end-of-middle token waits until the stop rule
+    says the completion may end (StopRule.may_end), so a whole line or a block is not cut off
+    after its first word. The rule sees every token before the next is chosen."""
+
+    def __init__(self, rule: StopRule, end_ids: frozenset[int], vocab: int):
+        self.rule = rule
+        self.mask = torch.ones(vocab, dtype=torch.bool)
+        self.mask[[i for i in end_ids if i < vocab]] = False
+
+    def allowed(self) -> Tensor | None:
+        return None if self.rule.may_end() else self.mask
+
+    def advance(self, token: int) -> None:
+        pass

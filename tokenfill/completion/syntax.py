@@ -16,10 +16,13 @@ that starts at the top level, where no bracket or string is open.
 
 from __future__ import annotations
 
+import ast
 import io
 import keyword
 import re
+import textwrap
 import tokenize
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -288,3 +291,64 @@ def decide(ctx: CursorContext, *, invoked: bool = False) -> Decision:
     if not ctx.cursor_line.strip() and ctx.rest_of_line.strip()[:1] not in CLOSERS:
         return Decision(True, "block", "at the start of a line: whole lines before its text")
     return Decision(True, "line", "the rest of the statement")
+
+
+# Clauses that continue a compound statement: alone they do not parse, after their head they do.
+CLAUSE_HEADS = {"elif": "if x:\n    pass\n", "else": "if x:\n    pass\n",
+                "except": "try:\n    pass\n", "finally": "try:\n    pass\n"}
+
+
+def statements_complete(code: str, *, opener_ok: bool = False) -> bool:
+    """Whether `code`, whole lines at any common indentation, is one or more complete Python
+    statements: every bracket and string closed, every block opener with a body (with
+    `opener_ok`, a statement may also be one block opener's head, its body to come on later
+    lines). A leading `elif`/`else`/`except`/`finally` clause or `case` counts as complete when
+    its body is."""
+    text = _dedent_first(code).strip("\n")
+    if not text.strip():
+        return False
+    if opener_ok and text.rstrip().endswith(":"):
+        text += "\n    pass"
+    head = text.split(None, 1)[0].rstrip(":")
+    attempts = [text]
+    if head in CLAUSE_HEADS:
+        attempts.append(CLAUSE_HEADS[head] + text)
+    elif head == "case":
+        attempts.append("match x:\n" + textwrap.indent(text, "    "))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escapes in strings are not errors here
+        for attempt in attempts:
+            try:
+                ast.parse(attempt)
+                return True
+            except (SyntaxError, ValueError):
+                continue
+    return False
+
+
+def _dedent_first(code: str) -> str:
+    """`code` moved left by its first non-blank line's indentation (lines inside brackets may sit
+    further left: they lose what they have)."""
+    lines = code.split("\n")
+    first = next((line for line in lines if line.strip()), "")
+    width = len(first) - len(first.lstrip(" \t"))
+    return "\n".join(line[min(width, len(line) - len(line.lstrip(" \t"))):] for line in lines)
+
+
+def fragment_closed(text: str) -> bool:
+    """Whether `text`, a piece of a statement written inside brackets open before it, leaves no
+    bracket or string of its own open."""
+    depth = 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.ERRORTOKEN and tok.string in ("'", '"'):
+                return False  # an unterminated one-line string
+            if tok.type == tokenize.OP and tok.string in OPENERS:
+                depth += 1
+            elif tok.type == tokenize.OP and tok.string in CLOSERS:
+                depth -= 1
+    except tokenize.TokenError as e:  # at the end: brackets not back to zero, or a string open
+        return "string" not in str(e.args[0]) and depth <= 0
+    except (SyntaxError, ValueError):
+        return True   # indentation the fragment alone cannot judge: brackets decide
+    return depth <= 0
