@@ -301,7 +301,7 @@ class StopRule:
             return self.text()
         text = valid_utf8_prefix(self.data)
         safe = len(text)
-        if (self.mode == "block" or self.n_indent) and "\n" in text:
+        if (self.ctx is not None or self.n_indent) and "\n" in text:
             lines = text.split("\n")[:-1]  # the last line may still be cut, newline included,
             while len(lines) > 1 and not lines[-1].strip():  # and so may blank lines before it
                 lines.pop()
