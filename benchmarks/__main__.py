@@ -62,6 +62,20 @@ def endings(args: argparse.Namespace) -> str:
     return endings.run(args.model, per_kind=args.per_kind, humaneval=args.limit or 200)
 
 
+def sizing(args: argparse.Namespace) -> str:
+    from benchmarks import sizing
+
+    return sizing.run(vocab=args.vocab)
+
+
+def tokenizer(args: argparse.Namespace) -> str:
+    from benchmarks import tokenizer
+
+    if args.corpus is None:
+        return "skipped: the tokenizer bench needs --corpus (a built corpus or its shards)"
+    return tokenizer.run(args.corpus)
+
+
 def fuzz(args: argparse.Namespace) -> str:
     from benchmarks import fuzz
 
@@ -69,7 +83,8 @@ def fuzz(args: argparse.Namespace) -> str:
 
 
 BENCHES = {"fuzz": fuzz, "runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
-           "cursor": cursor, "speculative": speculative, "syntax": syntax, "endings": endings}
+           "cursor": cursor, "speculative": speculative, "syntax": syntax, "endings": endings,
+           "sizing": sizing, "tokenizer": tokenizer}
 
 
 TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench yet
@@ -82,6 +97,8 @@ TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench ye
     "speculative": "Speculative decoding vs plain decoding",
     "syntax": "Syntax-aware completion vs raw decoding",
     "endings": "Where completions end: the end guard off and on",
+    "sizing": "Model size against the typing budget",
+    "tokenizer": "Tokenizer vocabulary size",
 }
 
 
@@ -107,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "indentation); speculative: holes per kind (block-body, multi-line, "
                         "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
                         "block-body, dot-identifier); endings: the same kinds")
+    p.add_argument("--vocab", type=int, default=16384, help="sizing: the vocabulary size")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="tokenizer: a built corpus (file or folder of shards) to train on")
     p.add_argument("--bodies", type=int, default=5000, help="fuzz: request bodies to send")
     p.add_argument("--no-transformers", action="store_true",
                    help="speculative: skip the comparison with transformers generate")

@@ -107,7 +107,27 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                    help="working directory: corpus, tokenizer, resumable state (default runs/small)")
     p.add_argument("--out", type=Path, default=None,
                    help="where to export the checkpoint and model card (e.g. models/tokenfill-small)")
-    p.add_argument("--preset", default="small", help="model size: small, base, tiny")
+    p.add_argument("--preset", default="small",
+                   help="model size: small, mid, base, large, tiny (BENCHMARKS.md: sizing)")
+    p.add_argument("--corpus", type=Path, action="append", default=[],
+                   help="a built corpus: a file from `tokenfill corpus` or a folder of its shards "
+                        "(repeat for several; default: RUN/corpus.jsonl, built on first use)")
+    p.add_argument("--environment", action="store_true",
+                   help="also train on the packages installed here that the manifest does not "
+                        "list (read into RUN/environment.jsonl on first use)")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="a tokenizer.json to use (default: RUN/tokenizer.json, trained on first use)")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this exported checkpoint's weights (and heads)")
+    p.add_argument("--heads", type=int, default=0,
+                   help="multi-token prediction heads to train beside the model (0: none)")
+    p.add_argument("--decay-fraction", type=float, default=0.2,
+                   help="the share of the run over which the learning rate decays")
+    p.add_argument("--shard-mib", type=float, default=16,
+                   help="exported weights go in files of at most this many MiB")
+    add_corpus_sources(p)
+    p.add_argument("--no-ngrams", action="store_true",
+                   help="export without the corpus drafter's table (build it later: tokenfill ngrams)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="time budget; the schedule anneals to finish within it (0: none)")
@@ -139,8 +159,25 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     add_cursor_option(p)
 
 
+def add_corpus_sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=Path, default=None,
+                   help="where downloaded wheels are kept (default ~/.cache/tokenfill/corpus): "
+                        "offline, the held-out packages' wheels must be there")
+    p.add_argument("--benchmark-data", type=Path, default=None,
+                   help="the benchmark data the corpus is checked against (default: shared/data "
+                        "beside the checkout)")
+
+
 def corpus_arguments(p: argparse.ArgumentParser) -> None:
+    add_corpus_sources(p)
     p.add_argument("--out", type=Path, default=Path("runs/corpus.jsonl"))
+    p.add_argument("--environment", action="store_true",
+                   help="also read the packages installed in this interpreter that the manifest "
+                        "does not list (each is named with its version in the index)")
+    p.add_argument("--shards", type=Path, default=None,
+                   help="also split the corpus into xz-compressed shards in this folder")
+    p.add_argument("--shard-mib", type=int, default=16, help="about this many MiB a shard")
+    p.add_argument("--workers", type=int, default=2, help="processes that filter the files")
 
 
 def ngrams_arguments(p: argparse.ArgumentParser) -> None:
@@ -363,15 +400,26 @@ def cmd_lsp(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tokenfill.train.recipe import TrainArgs, train
+    from tokenfill.train import corpus
+    from tokenfill.train.recipe import PRESETS, TrainArgs, train
 
-    train(TrainArgs(run=args.run, out=args.out, preset=args.preset, steps=args.steps,
-                    max_minutes=args.max_minutes, batch_size=args.batch_size, seq_len=args.seq_len,
-                    vocab_size=args.vocab_size, lr=args.lr, warmup=args.warmup,
-                    eval_every=args.eval_every, save_every=args.save_every,
-                    workers=args.workers, compile=args.compile, resume=not args.no_resume,
-                    benchmark_dir=shared_data(),
-                    progress=not args.no_progress))
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset: one of {', '.join(PRESETS)}, not {args.preset!r}")
+    try:
+        train(TrainArgs(run=args.run, out=args.out, preset=args.preset, corpora=args.corpus,
+                        environment=args.environment, tokenizer=args.tokenizer, init=args.init,
+                        heads=args.heads, decay_fraction=args.decay_fraction,
+                        shard_mib=args.shard_mib, ngrams=not args.no_ngrams, steps=args.steps,
+                        max_minutes=args.max_minutes, batch_size=args.batch_size,
+                        seq_len=args.seq_len, vocab_size=args.vocab_size, lr=args.lr,
+                        warmup=args.warmup, eval_every=args.eval_every,
+                        save_every=args.save_every, workers=args.workers, compile=args.compile,
+                        resume=not args.no_resume,
+                        cache=args.cache or corpus.DEFAULT_CACHE,
+                        benchmark_dir=args.benchmark_data or shared_data(),
+                        progress=not args.no_progress))
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -416,9 +464,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_corpus(args: argparse.Namespace) -> int:
     from tokenfill.train import corpus
 
-    stats = corpus.build(corpus.Manifest.load(), args.out,
-                         benchmark_dir=shared_data())
+    try:
+        stats = corpus.build(corpus.Manifest.load(), args.out,
+                             cache=args.cache or corpus.DEFAULT_CACHE,
+                             benchmark_dir=args.benchmark_data or shared_data(),
+                             environment=args.environment, workers=args.workers)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        raise UsageError(str(e)) from None
     print(stats)
+    print(f"index of every file read: {args.out.name}.index.tsv.gz")
+    if args.shards:
+        shards = corpus.shard(args.out, args.shards, args.shard_mib << 20)
+        size = sum(p.stat().st_size for p in shards)
+        print(f"{len(shards)} shards in {args.shards} ({size / 2**20:.1f} MiB)")
     return 0
 
 

@@ -12,6 +12,7 @@ import torch
 
 from tests.conftest import SNIPPETS
 from tokenfill.runtime.generate import Sampling, generate, probabilities
+from tokenfill.runtime.heads import FutureHeads
 from tokenfill.runtime.model import reference_logits
 from tokenfill.speculative.decoding import Speculator, residual_accept
 from tokenfill.speculative.draft_tree import PassCost
@@ -80,6 +81,22 @@ def test_greedy_output_with_a_corpus_table_is_plain_greedy_output(tiny_model, to
         assert fast.tokens == plain.tokens
         by_corpus += fast.by_drafter.get("corpus", [0, 0])[1]
     assert by_corpus > 0
+
+
+def test_greedy_output_with_multi_token_heads_is_plain_greedy_output(tiny_model, tokenizer):
+    heads = FutureHeads(tiny_model.config.hidden_size, 3)
+    with torch.no_grad():
+        for p in heads.proj:
+            p.weight.normal_(std=0.05)
+    spec = Speculator(tokenizer.vocab_size, heads=heads, output=tiny_model.output)
+    spec.cost = FlatCost()  # random heads are unsure: keep their drafts in the tree anyway
+    drafted = 0
+    for prompt in prompts(tokenizer, 12):
+        plain = generate(tiny_model, prompt, 30, end_ids=frozenset({0}))
+        fast = spec.generate(tiny_model, prompt, 30, end_ids=frozenset({0}))
+        assert fast.tokens == plain.tokens
+        drafted += fast.by_drafter.get("heads", [0, 0])[0]
+    assert drafted > 0  # the heads drafted after every pass but a request's first
 
 
 def test_cache_after_rejected_branches_equals_plain_decoding(tiny_model, tokenizer):

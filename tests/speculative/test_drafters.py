@@ -8,10 +8,12 @@ import random
 import pytest
 import torch
 
+from tokenfill.runtime.heads import FutureHeads
 from tokenfill.speculative.drafters import (
     DRAFTERS,
     ContextTokens,
     CorpusDrafter,
+    HeadsDrafter,
     NGramDrafter,
     PromptLookup,
     TokenRecycling,
@@ -154,3 +156,21 @@ def test_registry_has_every_drafter_fresh():
     a, b = registry(32), registry(32)
     assert set(a) == set(DRAFTERS)
     assert a["recycle"] is not b["recycle"]
+
+
+def test_heads_drafter_lays_out_each_heads_likeliest_tokens_best_first():
+    heads = FutureHeads(4, 2)  # fresh heads: each passes the hidden state through
+
+    def output(h):  # the hidden state is the logits
+        return h
+
+    drafter = HeadsDrafter(heads, output, top=2)
+    assert drafter.propose([1], 5, 2) == []   # no hidden state yet: the request's first tree
+    drafter.settled(torch.tensor([3.0, 2.0, 0.0, -5.0]))
+    drafts = drafter.propose([1], 5, 2)
+    assert [d.path for d in drafts] == [(0,), (0, 0), (1,), (0, 1), (1, 0)]
+    assert drafts[0].source == "heads:1" and drafts[1].source == "heads:2"
+    assert drafts[0].guess == pytest.approx(torch.tensor([3.0, 2.0, 0.0, -5.0]).softmax(0)[0])
+    assert all(d.path[:-1] in {e.path for e in drafts} | {()} for d in drafts)  # parents first
+    assert [d.path for d in drafter.propose([1], 3, 1)] == [(0,), (1,)]      # no deeper than asked
+    assert HeadsDrafter().propose([1], 5, 2) == []                           # a model without heads

@@ -1,10 +1,11 @@
-"""FIM training samples: layouts, cuts at arbitrary characters, rows starting at sample starts."""
+"""FIM training samples: layouts, unit cuts, cuts at arbitrary characters, rows starting at
+sample starts."""
 
 from __future__ import annotations
 
 from tests.conftest import SNIPPETS
 from tokenfill.completion import fim
-from tokenfill.train.training_data import FimMix, SampleStream
+from tokenfill.train.training_data import UNITS, FimMix, SampleStream, unit_spans
 
 
 def stream(tokenizer, **mix):
@@ -31,7 +32,7 @@ def test_spm_layout(tokenizer):
 
 
 def test_cuts_fall_inside_tokens(tokenizer):
-    s, t, _ = stream(tokenizer, fim_rate=1.0, spm_rate=0.0, short_rate=0.0)
+    s, t, _ = stream(tokenizer, fim_rate=1.0, spm_rate=0.0, unit_rate=0.0, short_rate=0.0)
     inside = 0
     for _ in range(200):
         ids = s.sample()
@@ -49,3 +50,41 @@ def test_plain_samples_and_batches(tokenizer):
     x, y = s.batch(3, 40)
     assert x.shape == y.shape == (3, 40)
     assert (x[:, 1:] == y[:, :-1]).all()
+
+
+CODE = '''def f(x, y):
+    if x:
+        return g(x, h(y))
+
+    return 0
+print(f(1, 2))
+'''
+
+
+def test_units_are_the_spans_editors_ask_for():
+    def middles(kind):
+        return {CODE[a:b] for a, b in unit_spans(CODE, kind)}
+
+    assert "        return g(x, h(y))\n" in middles("line")          # the cursor at column 0
+    assert "return g(x, h(y))\n" in middles("line")                  # or after the indentation
+    assert "(x, y):" in middles("rest-of-line") and "" not in middles("rest-of-line")
+    assert "if x:\n        return g(x, h(y))\n" in middles("lines")
+    assert "return g(x, h(y))\n" in middles("block-body")            # the body of `if x:`
+    assert "if x:\n        return g(x, h(y))\n\n    return 0\n" in middles("block-body")
+    assert {"x, y", "x, h(y)", "y", "1, 2", "f(1, 2)"} <= middles("arguments")
+    for kind in UNITS:  # a whole-line unit ends with its newline: the suffix starts a line
+        for a, b in unit_spans(CODE, kind):
+            assert 0 <= a < b <= len(CODE)
+            if kind in ("line", "lines", "block-body"):
+                assert CODE[b - 1] == "\n" and (a == 0 or CODE[a - 1] in "\n ")
+
+
+def test_unit_samples_end_the_middle_where_the_unit_ends(tokenizer):
+    s, t, eot = stream(tokenizer, fim_rate=1.0, spm_rate=0.0, unit_rate=1.0)
+    whole_lines = 0
+    for _ in range(100):
+        ids = s.sample()
+        mid = tokenizer.decode(ids[ids.index(t.middle) + 1:-1])
+        suf = tokenizer.decode(ids[ids.index(t.suffix) + 1:ids.index(t.middle)])
+        whole_lines += mid.endswith("\n") and (suf == "" or not suf.startswith("\n"))
+    assert whole_lines > 20

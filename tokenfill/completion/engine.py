@@ -26,6 +26,7 @@ from tokenfill.completion.syntax import CursorContext, analyze, decide
 from tokenfill.runtime.checkpoint import fim_layout, load_model
 from tokenfill.runtime.generate import Generation, generate
 from tokenfill.runtime.hardware import resolve_dtype
+from tokenfill.runtime.heads import FutureHeads, load_heads
 from tokenfill.runtime.model import KVCache, Transformer
 from tokenfill.runtime.slots import SlotPool
 from tokenfill.runtime.tokenizer import Tokenizer
@@ -92,7 +93,7 @@ class Completion:
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, name: str = "model",
                  require_fim: bool = True, fim_layout: str = "psm",
-                 ngrams: NGramTable | None = None):
+                 ngrams: NGramTable | None = None, heads: FutureHeads | None = None):
         self.model = model
         self.tokenizer = tokenizer
         try:
@@ -104,7 +105,9 @@ class Engine:
         self.context = model.config.max_position_embeddings
         self.name = name
         self.ngrams = ngrams  # the corpus drafter's table (ngram_table.py), if the model has one
-        self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams)  # outlives requests
+        self.heads = heads  # the model's multi-token heads (runtime/heads.py), if it has them
+        self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams, heads=heads,
+                                     output=model.output)  # outlives requests
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
         # syntax on: the end token waits until the line or block can be complete (stops.EndGuard);
         # off only to measure what the guard changes
@@ -120,8 +123,10 @@ class Engine:
         if require_fim:
             fim.detect(tokenizer)  # before the weights: fail fast on a checkpoint without FIM tokens
         model = load_model(directory, resolve_dtype(dtype))
+        heads = load_heads(directory, model.config.hidden_size, resolve_dtype(dtype))
         return cls(model, tokenizer, name=directory.name, require_fim=require_fim,
-                   fim_layout=fim_layout(directory), ngrams=ngram_table.beside(directory))
+                   fim_layout=fim_layout(directory), ngrams=ngram_table.beside(directory),
+                   heads=heads)
 
     @property
     def end_ids(self) -> frozenset[int]:

@@ -148,9 +148,11 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> Tra
 
 
 def save_model(model: Transformer, directory: str | Path, dtype: torch.dtype = torch.bfloat16,
-               fim_layout: str | None = None) -> None:
+               fim_layout: str | None = None, max_shard_bytes: int | None = None) -> None:
     """Write config.json and model.safetensors (HF names: `model.` prefix, lm_head at top level),
-    with the FIM layout the checkpoint prefers when given."""
+    with the FIM layout the checkpoint prefers when given. With `max_shard_bytes`, weights that
+    do not fit one file of that size go to shards `model-0000K-of-0000N.safetensors` listed in
+    `model.safetensors.index.json` (the Hugging Face layout)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -161,7 +163,40 @@ def save_model(model: Transformer, directory: str | Path, dtype: torch.dtype = t
             tensors[name] = tensor
         else:
             tensors[f"model.{name}"] = tensor
-    tensors = {k: v.detach().to(dtype).contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tensors = {k: v.detach().to(dtype).contiguous().cpu() for k, v in tensors.items()}
+    for old in [*directory.glob("model-*-of-*.safetensors"), directory / "model.safetensors",
+                directory / "model.safetensors.index.json"]:
+        old.unlink(missing_ok=True)
+    groups = shard_groups(tensors, max_shard_bytes)
+    if len(groups) == 1:
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for k, names in enumerate(groups, start=1):
+            file = f"model-{k:05d}-of-{len(groups):05d}.safetensors"
+            save_file({n: tensors[n] for n in names}, str(directory / file),
+                      metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(names, file))
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     config = model.config.to_hf() | ({"fim_layout": fim_layout} if fim_layout else {})
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def shard_groups(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> list[list[str]]:
+    """Tensor names in files of at most `max_bytes`, in order, each file's header counted
+    (a JSON entry of about the name and 100 bytes per tensor); a tensor larger than that alone
+    gets a file of its own. One group without a limit."""
+    if max_bytes is None:
+        return [list(tensors)]
+    groups: list[list[str]] = [[]]
+    size = 8 + 64  # the header's length and its metadata
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size() + len(name) + 100
+        if groups[-1] and size + n > max_bytes:
+            groups.append([])
+            size = 8 + 64
+        groups[-1].append(name)
+        size += n
+    return groups

@@ -277,7 +277,7 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor, start: int = 0, cache: KVCache | None = None, *,
                 positions: Tensor | None = None, mask: Tensor | None = None,
-                keep: int | None = None) -> Tensor:
+                keep: int | None = None, hidden: bool = False) -> Tensor:
         """Logits (B, T, vocab) in float32 for `tokens` (B, T) placed at cache positions [start, start+T).
 
         Without a cache: a plain causal pass (training). With a cache: keys and values are written
@@ -287,7 +287,9 @@ class Transformer(nn.Module):
         K <= start+T, says which of the last K keys each query sees; every query sees the keys
         before those (a tree passes its own T x T pattern: its nodes all see the whole cache).
         `keep` returns the logits of the last `keep` positions only (B, keep, vocab): a prompt
-        needs its last one's, and the output layer is a quarter of a prompt's work.
+        needs its last one's, and the output layer is a quarter of a prompt's work. `hidden`
+        returns the final normalised hidden states (B, T, hidden) instead of logits, for the
+        caller to pass through `output` and through the multi-token heads (heads.py).
         """
         B, T = tokens.shape
         if cache is not None:
@@ -305,6 +307,8 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, mask, cache, i, start, queries)
         if keep is not None:
             x = x[:, x.shape[1] - keep:]
+        if hidden:
+            return self.norm(x)
         return self.output(self.norm(x), cache is not None).float()
 
     def output(self, x: Tensor, inference: bool = False) -> Tensor:

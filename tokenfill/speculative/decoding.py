@@ -37,6 +37,7 @@ from tokenfill.runtime.generate import (
     probabilities,
     start,
 )
+from tokenfill.runtime.heads import FutureHeads
 from tokenfill.runtime.model import KVCache, Transformer
 from tokenfill.speculative.draft_tree import AcceptanceRates, DraftTree, PassCost
 from tokenfill.speculative.drafters import DRAFTERS, Drafter, registry
@@ -49,12 +50,16 @@ class Speculator:
     `max_nodes` nodes, `max_depth` deep; within that, `DraftTree.build` sizes them."""
 
     def __init__(self, vocab: int, drafters: Sequence[str] = DRAFTERS, max_depth: int = 32,
-                 max_nodes: int = 64, ngrams: NGramTable | None = None):
+                 max_nodes: int = 64, ngrams: NGramTable | None = None,
+                 heads: FutureHeads | None = None, output: Callable[[Tensor], Tensor] | None = None):
         unknown = set(drafters) - set(DRAFTERS)
         if unknown:
             raise ValueError(f"unknown drafter(s) {sorted(unknown)}; known: {list(DRAFTERS)}")
-        every = registry(vocab, ngrams)
+        every = registry(vocab, ngrams, heads, output)
         self.drafters: list[Drafter] = [every[name] for name in drafters]
+        # the multi-token heads read the hidden states of a pass: the pass keeps them
+        self.hidden = heads is not None and output is not None and "heads" in drafters
+        self.output = output
         self.rates = AcceptanceRates()
         self.cost = PassCost()
         self.max_depth, self.max_nodes = max_depth, max_nodes
@@ -114,11 +119,13 @@ class Speculator:
         while not over:
             left = max_new_tokens - len(out.tokens)  # a deeper draft could not be used
             tree = self.tree(context, min(self.max_nodes, cache.max_seq - pos), left - 1)
-            logits = self._verify(model, tree, pos, cache)
+            logits, hidden = self._verify(model, tree, pos, cache)
             out.forwards += 1
             # greedy: every node's argmax at once
             best = greedy_rows(logits, vocab_limit) if sampling.temperature == 0 else None
             accepted, over = self._walk(tree, logits, best, pick, emit, end_ids)
+            for drafter in self.drafters:  # the last node taken chose the next tree's root
+                drafter.settled(hidden[accepted[-1]] if hidden is not None else None)
             self._count(out, tree, accepted)
             self._lay(cache, accepted, pos)
             pos += len(accepted)
@@ -130,20 +137,25 @@ class Speculator:
         out.decode_s = time.perf_counter() - t0
         return out
 
-    def _verify(self, model: Transformer, tree: DraftTree, pos: int, cache: KVCache) -> Tensor:
+    def _verify(self, model: Transformer, tree: DraftTree, pos: int, cache: KVCache
+                ) -> tuple[Tensor, Tensor | None]:
         """One pass over the tree's nodes at cache slots pos, pos + 1, ...: each node's logits
-        (T, vocab). The pass is timed for the cost model; the drafters see its logits."""
+        (T, vocab), and its final hidden state (T, hidden) where the heads need them. The pass
+        is timed for the cost model; the drafters see its logits."""
         tokens = torch.tensor(tree.tokens)
+        options = {} if len(tree) == 1 else {"positions": tree.positions(pos), "mask": tree.mask()}
         t0 = time.perf_counter()
-        if len(tree) == 1:  # nothing worth drafting: a plain step
-            logits = forward(model, tokens[None], pos, cache)[0]
+        hidden = None
+        if self.hidden:  # the same logits the model's own pass gives, by the same layer
+            hidden = forward(model, tokens[None], pos, cache, hidden=True, **options)
+            logits = model.output(hidden, True).float()[0]
+            hidden = hidden[0]
         else:
-            logits = forward(model, tokens[None], pos, cache, positions=tree.positions(pos),
-                             mask=tree.mask())[0]
+            logits = forward(model, tokens[None], pos, cache, **options)[0]
         self.cost.observe(len(tree), time.perf_counter() - t0)
         for drafter in self.drafters:
             drafter.verified(tokens, logits)
-        return logits
+        return logits, hidden
 
     def _walk(self, tree: DraftTree, logits: Tensor, best: list[int] | None,
               pick: Callable[[Tensor, int | None], int], emit: Callable[[int], bool],

@@ -1,6 +1,6 @@
 """Drafters: cheap guesses of the tokens that come next, for speculative decoding to verify.
 
-None of them is trained. Each reads the tokens so far (the prompt, which holds the prefix, the
+Each reads the tokens so far (the prompt, which holds the prefix, the
 suffix and any extra context, then what was generated; the last one is the token the next
 forward pass starts from) and proposes draft nodes: a path of tokens after that last token, and
 the drafter's guess of the chance that the path's last token is accepted once the ones before it
@@ -15,6 +15,9 @@ source can replace the guess (`AcceptanceRates`).
   corpus_ngrams.py), followed token after token.
 - `TokenRecycling`: the model's own top next tokens after each token, from every verification
   pass (rejected branches too), kept across requests.
+- `HeadsDrafter`: the model's multi-token heads (runtime/heads.py), where the checkpoint has
+  them: from the hidden state that chose the tree's root, each head's likeliest tokens at its
+  depth. The one drafter that was trained.
 
 The first two find where the last few tokens occurred before in `ContextTokens`, the request's
 tokens with the positions after each token, which both share (`registry`).
@@ -24,11 +27,13 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
+import torch
 from torch import Tensor
 
+from tokenfill.runtime.heads import FutureHeads
 from tokenfill.speculative.ngram_table import MAX_N, NGramTable
 
 
@@ -49,6 +54,10 @@ class Drafter(Protocol):
 
     def verified(self, tokens: Tensor, logits: Tensor) -> None:
         """A forward pass scored `tokens` (T,): `logits` (T, vocab) are what follows each one."""
+
+    def settled(self, hidden: Tensor | None) -> None:
+        """The final hidden state (hidden_size,) at the node whose logits chose the next tree's
+        root, where the pass computed it (None: not known)."""
 
     def extend(self, context: Sequence[int], new: int) -> None:
         """The context grew by its last `new` tokens (accepted output)."""
@@ -166,6 +175,9 @@ class PromptLookup:
     def verified(self, tokens: Tensor, logits: Tensor) -> None:
         pass
 
+    def settled(self, hidden: Tensor | None) -> None:
+        pass
+
     def finish(self, context: Sequence[int]) -> None:
         self.seen.reset()
 
@@ -224,6 +236,9 @@ class NGramDrafter:
     def verified(self, tokens: Tensor, logits: Tensor) -> None:
         pass
 
+    def settled(self, hidden: Tensor | None) -> None:
+        pass
+
     def nbytes(self) -> int:
         return 0  # nothing outlives the request
 
@@ -241,6 +256,9 @@ class NoRequestHooks:
         pass
 
     def verified(self, tokens: Tensor, logits: Tensor) -> None:
+        pass
+
+    def settled(self, hidden: Tensor | None) -> None:
         pass
 
 
@@ -357,13 +375,64 @@ class TokenRecycling(NoRequestHooks):
         return sum(28 * len(row) + 56 for row in self.rows)  # ints and list headers
 
 
-def registry(vocab: int, ngrams: NGramTable | None = None) -> dict[str, Drafter]:
-    """Every drafter by name, fresh (`ngrams`: the model's corpus table, if it has one)."""
+class HeadsDrafter(NoRequestHooks):
+    """Head k (1-based) guesses the token k places after the root. From the hidden state that
+    chose the root, each head's `top` likeliest tokens are laid out best-first by the product
+    of their probabilities, a path taking one of head 1's, then one of head 2's, and so on
+    (Medusa's tree). A node's guess is its head's probability for its token. Without heads, or
+    without the hidden state (the first tree of a request), it drafts nothing."""
+
+    name = "heads"
+
+    def __init__(self, heads: FutureHeads | None = None,
+                 output: Callable[[Tensor], Tensor] | None = None, top: int = 3):
+        self.heads, self.output, self.top = heads, output, top
+        self.hidden: Tensor | None = None
+        self.sources = [f"heads:{k}" for k in range(1, (len(heads) if heads else 0) + 1)]
+
+    @property
+    def active(self) -> bool:
+        return self.heads is not None and self.output is not None
+
+    def begin(self, context: Sequence[int]) -> None:
+        self.hidden = None
+
+    def settled(self, hidden: Tensor | None) -> None:
+        self.hidden = hidden
+
+    def propose(self, context: Sequence[int], budget: int, depth: int) -> list[Draft]:
+        if not self.active or self.hidden is None or depth <= 0 or budget <= 0:
+            return []
+        heads = self.heads(self.hidden.view(1, 1, -1))[:depth]
+        logits = self.output(torch.cat(heads, dim=1))[0].float()  # (depth, vocab)
+        top = logits.softmax(-1).topk(self.top, dim=-1)
+        probs, tokens = top.values.tolist(), top.indices.tolist()
+        out: list[Draft] = []
+        heap = [(-probs[0][r], (r,)) for r in range(self.top)]
+        while heap and len(out) < budget:
+            neg, ranks = heapq.heappop(heap)
+            d = len(ranks) - 1
+            out.append(Draft(tuple(tokens[i][r] for i, r in enumerate(ranks)), probs[d][ranks[-1]],
+                             self.sources[d]))
+            if d + 1 < len(heads):
+                for r in range(self.top):
+                    heapq.heappush(heap, (neg * probs[d + 1][r], ranks + (r,)))
+        return out
+
+    def nbytes(self) -> int:
+        return 0  # the heads are the model's
+
+
+def registry(vocab: int, ngrams: NGramTable | None = None, heads: FutureHeads | None = None,
+             output: Callable[[Tensor], Tensor] | None = None) -> dict[str, Drafter]:
+    """Every drafter by name, fresh (`ngrams`: the model's corpus table, if it has one;
+    `heads` and the model's `output` layer: its multi-token heads, if it has them)."""
     seen = ContextTokens()  # the request's tokens, indexed once for both context drafters
     return {"prompt": PromptLookup(seen=seen),
             "ngram": NGramDrafter("ngram", seen=seen),
             "corpus": CorpusDrafter(ngrams),
-            "recycle": TokenRecycling(vocab)}
+            "recycle": TokenRecycling(vocab),
+            "heads": HeadsDrafter(heads, output)}
 
 
-DRAFTERS = ("prompt", "ngram", "corpus", "recycle")
+DRAFTERS = ("prompt", "ngram", "corpus", "recycle", "heads")
