@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve demo test test-fast install bench clean tools
+.PHONY: serve demo test test-fast install bench clean tools device-bundle
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks runtime
 	$(PY) -m benchmarks humaneval
 	$(PY) -m benchmarks typing
+
+# What a lent GPU's training run needs, in runs/device (tokenfill/train/device.py): the corpus and
+# its shards are built first where missing (about 12 minutes on 2 cores); SKIP=N starts at shard N.
+device-bundle: $(VENV)/.installed
+	test -f runs/corpus2/corpus.jsonl || $(VENV)/bin/tokenfill corpus --out runs/corpus2/corpus.jsonl \
+		--shards runs/corpus2/shards
+	$(PY) -m tokenfill.train.device --skip $${SKIP:-0} $${INIT:+--init $$INIT}
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

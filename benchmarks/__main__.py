@@ -76,6 +76,12 @@ def tokenizer(args: argparse.Namespace) -> str:
     return tokenizer.run(args.corpus)
 
 
+def context(args: argparse.Namespace) -> str:
+    from benchmarks import context
+
+    return context.run(args.model, per_kind=args.per_kind)
+
+
 def fuzz(args: argparse.Namespace) -> str:
     from benchmarks import fuzz
 
@@ -84,7 +90,7 @@ def fuzz(args: argparse.Namespace) -> str:
 
 BENCHES = {"fuzz": fuzz, "runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
            "cursor": cursor, "speculative": speculative, "syntax": syntax, "endings": endings,
-           "sizing": sizing, "tokenizer": tokenizer}
+           "sizing": sizing, "tokenizer": tokenizer, "context": context}
 
 
 TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench yet
@@ -99,6 +105,7 @@ TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench ye
     "endings": "Where completions end: the end guard off and on",
     "sizing": "Model size against the typing budget",
     "tokenizer": "Tokenizer vocabulary size",
+    "context": "Repository context: with and without the workspace index",
 }
 
 
@@ -123,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cursor: holes per token kind (identifier, number, operator, "
                         "indentation); speculative: holes per kind (block-body, multi-line, "
                         "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
-                        "block-body, dot-identifier); endings: the same kinds")
+                        "block-body, dot-identifier); endings, context: the same kinds")
     p.add_argument("--vocab", type=int, default=16384, help="sizing: the vocabulary size")
     p.add_argument("--corpus", type=Path, default=None,
                    help="tokenizer: a built corpus (file or folder of shards) to train on")

@@ -41,6 +41,11 @@ def tiny_config(vocab_size: int, **overrides) -> ModelConfig:
 
 @pytest.fixture(scope="session")
 def tokenizer() -> Tokenizer:
+    """A tokenizer trained on the snippets; TOKENFILL_TEST_TOKENIZER=path/tokenizer.json runs the
+    suite with another (the next model's, corpus/tokenizer.json, must pass it too)."""
+    other = os.environ.get("TOKENFILL_TEST_TOKENIZER")
+    if other:
+        return Tokenizer.from_file(Path(other))
     return train_bpe(SNIPPETS * 20, vocab_size=400, progress=False)
 
 

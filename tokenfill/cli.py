@@ -49,18 +49,32 @@ def add_cursor_option(p: argparse.ArgumentParser, what: str = "") -> None:
                         "bytes before it, heal is token healing, none encodes the prefix as is")
 
 
+def add_context_options(p: argparse.ArgumentParser, default_help: str) -> None:
+    p.add_argument("--workspace", type=Path, default=None,
+                   help=f"the folder whose other files are retrieved into the prompt ({default_help})")
+    p.add_argument("--no-context", action="store_true",
+                   help="complete from the file alone: no workspace context")
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="prompt tokens the workspace context may take (default: a quarter of "
+                        "the model's window)")
+
+
 def complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
     p.add_argument("--column", type=int, required=True,
                    help="1-based column of the cursor, in characters (1: before the first)")
     add_model_options(p)
+    add_context_options(p, "default: the file's repository, the nearest folder above it with "
+                           ".git")
 
 
 def batch_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", type=Path, help="JSON lines with id, prefix, suffix")
+    p.add_argument("input", type=Path, help="JSON lines with id, prefix, suffix (and path, the "
+                                            "file's path in the workspace)")
     p.add_argument("-o", "--output", type=Path, required=True)
     add_model_options(p)
+    add_context_options(p, "default: none")
 
 
 def serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -270,13 +284,55 @@ def read_source(path: Path) -> str:
         raise UsageError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def repository_of(path: Path) -> Path | None:
+    """The nearest folder at or above `path`'s folder that holds `.git`."""
+    for folder in [path.resolve().parent, *path.resolve().parents]:
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
+def open_workspace(args: argparse.Namespace, root: Path | None, engine):
+    """The retriever for the workspace at `root`, indexed now with a progress bar (None:
+    no context)."""
+    from tqdm import tqdm
+
+    from tokenfill.context.index import WorkspaceError, WorkspaceIndex
+    from tokenfill.context.retrieve import Retriever
+
+    if root is None or args.no_context:
+        return None
+    budget = engine.context // 4 if args.context_tokens is None else args.context_tokens
+    if budget < 0:
+        raise UsageError("--context-tokens must be 0 or more")
+    try:
+        index = WorkspaceIndex(root)
+    except WorkspaceError as e:
+        raise UsageError(str(e)) from None
+    with tqdm(desc=f"indexing {root}", unit="file", leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        stats = index.update(progress)
+    print(f"workspace {root}: {index.file_count()} files, {stats.chunks} chunks "
+          f"({stats.indexed} indexed, {stats.unchanged} unchanged, {stats.removed} removed, "
+          f"{stats.skipped} skipped) in {stats.seconds:.1f} s", file=sys.stderr)
+    return Retriever(index, lambda text: len(engine.tokenizer.encode(text)), budget)
+
+
 def cmd_complete(args: argparse.Namespace) -> int:
+    from tokenfill.context.retrieve import budgeted
+
     text = read_source(args.file)
     offset = cursor_offset(text, args.line, args.column, str(args.file))
     request_of(args, "", "")  # bad options fail before the model loads
     engine = load_engine(args)
+    retriever = open_workspace(args, args.workspace or repository_of(args.file), engine)
+    extra, _ = budgeted(retriever, text[:offset], text[offset:], str(args.file))
     result = engine.complete(request_of(args, text[:offset], text[offset:], invoked=True,
-                                        path=str(args.file)))
+                                        path=str(args.file), extra=extra))
     print(result.text)
     return 0
 
@@ -287,10 +343,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from tokenfill.context.retrieve import budgeted
+
     if not args.input.is_file():
         raise UsageError(f"{args.input}: no such file")
     request_of(args, "", "")  # bad options fail before the model loads
     engine = load_engine(args)
+    retriever = open_workspace(args, args.workspace, engine)
     with open(args.input, encoding="utf-8") as f:
         lines = f.read().splitlines()
     done = skipped = forwards = drafted = accepted = 0
@@ -305,10 +364,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 skipped += 1
                 continue
             start = time.perf_counter()
+            path = task.get("path")
+            full = str(args.workspace / path) if path and args.workspace else path
+            extra, got = budgeted(retriever, task["prefix"], task.get("suffix", ""), full)
             result = engine.complete(request_of(args, task["prefix"], task.get("suffix", ""),
-                                                invoked=True))
+                                                invoked=True, extra=extra))
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens, forwards=result.forwards)
+            if retriever is not None:
+                task.update(context={"chunks": got.chunks, "tokens": got.tokens,
+                                     "ms": round(got.ms, 2)})
             if args.speculative:
                 task.update(drafted=result.drafted, accepted=result.accepted,
                             mean_accepted=round(result.mean_accepted, 3))
@@ -336,7 +401,7 @@ def parse_task(line: str) -> dict:
         raise ValueError("a task must be a JSON object with id, prefix and suffix")
     if "id" not in task:
         raise ValueError("missing field 'id'")
-    for key in ("prefix", "suffix"):
+    for key in ("prefix", "suffix", "path"):
         if not isinstance(task.get(key, ""), str):
             raise ValueError(f"field {key!r} must be a string")
     if "prefix" not in task:
