@@ -13,9 +13,9 @@ from tokenfill.cli import UsageError, cursor_offset
 pytestmark = pytest.mark.e2e
 
 
-def run(*args, cwd=None):
+def run(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "tokenfill", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+                          capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
 
 
 @pytest.mark.parametrize("text,line,column,offset", [
@@ -135,6 +135,54 @@ def test_ngrams_builds_the_table_the_engine_then_drafts_from(tmp_path, model_dir
     assert result.returncode == 2 and "--predict" in result.stderr, result.stderr
     result = run("ngrams", repo, "--model", model, "--predict", 0)
     assert result.returncode == 0 and "predictions" not in result.stdout, result.stderr
+
+
+def workspace_env(tmp_path) -> dict:
+    import os
+
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # indexes stay in tmp
+
+
+def test_batch_with_a_workspace_retrieves_from_the_other_files(tmp_path, model_dir):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "shapes.py").write_text("def area_of_circle(radius):\n    return 3.14 * radius ** 2\n")
+    (ws / "report.py").write_text("from shapes import area_of_circle\n")
+    tasks = tmp_path / "in.jsonl"
+    tasks.write_text(json.dumps({"id": 1, "path": "report.py",
+                                 "prefix": "from shapes import area_of_circle\nx = area_of_",
+                                 "suffix": "\n"}) + "\n" +
+                     json.dumps({"id": 2, "path": 7, "prefix": "x"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    env = workspace_env(tmp_path)
+    result = run("batch", tasks, "-o", out, "--model", model_dir, "--max-tokens", 4,
+                 "--workspace", ws, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "workspace" in result.stderr and "2 files" in result.stderr
+    assert "'path' must be a string" in result.stderr
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["context"]["chunks"] >= 1 and row["context"]["tokens"] > 0
+    plain = tmp_path / "plain.jsonl"
+    assert run("batch", tasks, "-o", plain, "--model", model_dir, "--max-tokens", 4,
+               env=env).returncode == 0
+    assert "context" not in json.loads(plain.read_text().splitlines()[0])
+    bad = run("batch", tasks, "-o", out, "--model", model_dir, "--workspace", tmp_path / "nope",
+              env=env)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_complete_uses_the_files_repository(tmp_path, model_dir):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "util.py").write_text("def helper(values):\n    return sorted(values)\n")
+    (repo / "main.py").write_text("from util import helper\n\nprint(helper(\n")
+    args = ("complete", repo / "main.py", "--line", 3, "--column", 14, "--model", model_dir,
+            "--max-tokens", 4)
+    result = run(*args, env=workspace_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert f"workspace {repo}" in result.stderr
+    quiet = run(*args, "--no-context", env=workspace_env(tmp_path))
+    assert quiet.returncode == 0 and "workspace" not in quiet.stderr
 
 
 def test_batch_missing_input(tmp_path, model_dir):

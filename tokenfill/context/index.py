@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pathspec
 
-DEFAULT_CACHE = Path.home() / ".cache" / "tokenfill" / "workspaces"
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenfill" / \
+    "workspaces"
 MAX_FILE_BYTES = 500_000
 MAX_FILES = 20_000
 WINDOW_LINES = 40                # chunks of a file that does not parse
