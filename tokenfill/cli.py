@@ -319,6 +319,10 @@ def open_workspace(args: argparse.Namespace, root: Path | None, engine):
     print(f"workspace {root}: {index.file_count()} files, {stats.chunks} chunks "
           f"({stats.indexed} indexed, {stats.unchanged} unchanged, {stats.removed} removed, "
           f"{stats.skipped} skipped) in {stats.seconds:.1f} s", file=sys.stderr)
+    if args.speculative:  # the workspace drafter's table; requests name the workspace
+        from tokenfill.context.drafts import workspace_table
+
+        engine.workspace_tables[str(index.root)], _ = workspace_table(index, engine.tokenizer)
     return Retriever(index, lambda text: len(engine.tokenizer.encode(text)), budget)
 
 
@@ -331,8 +335,9 @@ def cmd_complete(args: argparse.Namespace) -> int:
     engine = load_engine(args)
     retriever = open_workspace(args, args.workspace or repository_of(args.file), engine)
     extra, _ = budgeted(retriever, text[:offset], text[offset:], str(args.file))
+    project = str(retriever.index.root) if retriever is not None else None
     result = engine.complete(request_of(args, text[:offset], text[offset:], invoked=True,
-                                        path=str(args.file), extra=extra))
+                                        path=str(args.file), project=project, extra=extra))
     print(result.text)
     return 0
 
@@ -367,8 +372,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
             path = task.get("path")
             full = str(args.workspace / path) if path and args.workspace else path
             extra, got = budgeted(retriever, task["prefix"], task.get("suffix", ""), full)
+            project = str(retriever.index.root) if retriever is not None else None
             result = engine.complete(request_of(args, task["prefix"], task.get("suffix", ""),
-                                                invoked=True, extra=extra))
+                                                invoked=True, extra=extra, path=full,
+                                                project=project))
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens, forwards=result.forwards)
             if retriever is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from tokenfill.completion.fim import FimUnsupportedError
 from tokenfill.completion.request import CompletionRequest
 from tokenfill.runtime.generate import Sampling
 from tokenfill.runtime.slots import SlotPool
+from tokenfill.train import ngrams
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +327,20 @@ def test_a_very_long_word_at_the_cursor_is_completed_not_refused(engine, mode):
     result = engine.complete(CompletionRequest(prefix="x = " + "ab" * 20_000, max_tokens=4,
                                                cursor_mode=mode))
     assert result.finish_reason in ("stop", "length") and result.prompt_tokens <= engine.context
+
+
+def test_a_workspace_table_drafts_for_the_requests_that_name_its_workspace(engine, tokenizer):
+    code = "def add(a, b):\n    return a + b\n\n\nresult = add(1, 2)\n" * 4
+    table = ngrams.count([tokenizer.encode(code)], min_count=2, min_share=0.3)
+    request = CompletionRequest(prefix="def add(a, b):\n    return", suffix="\n", max_tokens=16,
+                                cursor_mode="none", project="/work/ws")
+    plain = engine.complete(request)
+    engine.workspace_tables["/work/ws"] = table
+    try:
+        drafted = engine.complete(request)
+        elsewhere = engine.complete(replace(request, project="/work/other"))
+    finally:
+        engine.workspace_tables.clear()
+    assert drafted.text == plain.text == elsewhere.text  # lossless, whatever is drafted
+    assert "workspace" in (drafted.by_drafter or {})
+    assert "workspace" not in (elsewhere.by_drafter or {})

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from tokenfill.context.drafts import workspace_table
 from tokenfill.context.index import WorkspaceIndex
 from tokenfill.context.retrieve import Retriever, budgeted
+from tokenfill.speculative.decoding import Speculator
 
 SHAPES = '''class Circle:
     """A circle of a given radius."""
@@ -85,3 +87,16 @@ def test_recent_files_rank_first_among_equals(index):
 def test_without_a_retriever_only_the_requests_own_extra_is_used():
     extra, got = budgeted(None, "x = ", "", None, (("a.py", "y = 1"),))
     assert extra == (("a.py", "y = 1"),) and got.chunks == 0
+
+
+def test_the_workspace_drafter_drafts_what_the_workspace_holds(index, tokenizer):
+    table, info = workspace_table(index, tokenizer)
+    assert info["files"] == 3 and info["tokens"] > 0 and len(table) > 0
+    spec = Speculator(tokenizer.vocab_size)
+    spec.use_workspace(table)
+    drafter = next(d for d in spec.drafters if d.name == "workspace")
+    context = tokenizer.encode("for circle in circles:\n        print(area_of_")
+    drafts = drafter.propose(context, 16, 8)
+    assert drafts and all(d.source.startswith("workspace:") for d in drafts)
+    spec.use_workspace(None)
+    assert drafter.propose(context, 16, 8) == []

@@ -109,6 +109,8 @@ class Engine:
         self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams, heads=heads,
                                      output=model.output)  # outlives requests
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
+        # n-gram tables of the workspaces requests name (`project`), for the workspace drafter
+        self.workspace_tables: dict[str, NGramTable] = {}
         # syntax on: the end token waits until the line or block can be complete (stops.EndGuard);
         # off only to measure what the guard changes
         self.hold_end = True
@@ -164,6 +166,7 @@ class Engine:
         cached = min(cached, len(prompt.ids) - 1)  # the last prompt token runs: its logits count
         cache = slot.cache if slot else self.model.new_cache(1, self.context)
         generator = request.sampling.generator()
+        self.speculator.use_workspace(self.workspace_tables.get(request.project or ""))
         with torch.inference_mode():
             begun = prompt.mode.begin(
                 self.model, self.tokenizer, cache, prompt.ids, cached,

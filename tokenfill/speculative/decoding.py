@@ -68,6 +68,12 @@ class Speculator:
     def nbytes(self) -> int:
         return sum(d.nbytes() for d in self.drafters)
 
+    def use_workspace(self, table: NGramTable | None) -> None:
+        """The workspace drafter's table for the requests that follow (None: it drafts nothing)."""
+        for drafter in self.drafters:
+            if drafter.name == "workspace":
+                drafter.use(table)
+
     def tree(self, context: Sequence[int], budget: int, depth: int | None = None) -> DraftTree:
         """The step's draft tree: at most `budget` nodes, paths at most `depth` tokens deep.
         The drafters are asked for a few more nodes than the last tree kept (sized by its cost,

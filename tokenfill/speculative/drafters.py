@@ -11,8 +11,9 @@ source can replace the guess (`AcceptanceRates`).
 - `NGramDrafter`: next-token counts of the context (`per_request`) or of every request so far,
   followed while they clear a minimum count and a minimum share.
 - `CorpusDrafter`: what a body of code most often has next after the last few tokens (an n-gram
-  table built from the model's training corpus or a repository and kept beside the model,
-  corpus_ngrams.py), followed token after token.
+  table built from the model's training corpus and kept beside the model, train/ngrams.py),
+  followed token after token. A second one, `workspace`, drafts from the same kind of table
+  counted from the user's workspace (context/drafts.py): retrieval as drafts, as in REST.
 - `TokenRecycling`: the model's own top next tokens after each token, from every verification
   pass (rejected branches too), kept across requests.
 - `HeadsDrafter`: the model's multi-token heads (runtime/heads.py), where the checkpoint has
@@ -267,12 +268,18 @@ class CorpusDrafter(NoRequestHooks):
     the model), followed token after token while the product of the shares along the path stays
     at least `floor`. Without a table it proposes nothing."""
 
-    name = "corpus"
-    SOURCES = [[f"corpus:n{n}:s{q}" for q in range(5)] for n in range(MAX_N + 1)]  # n, share/4
-
-    def __init__(self, table: NGramTable | None = None, floor: float = 0.01):
-        self.table, self.floor = table, floor
+    def __init__(self, table: NGramTable | None = None, floor: float = 0.01,
+                 name: str = "corpus"):
+        self.table, self.floor, self.name = table, floor, name
         self.memo: dict[tuple[int, ...], tuple[int, float, int] | None] = {}  # recent lookups
+        # by n and share / 4
+        self.sources = [[f"{name}:n{n}:s{q}" for q in range(5)] for n in range(MAX_N + 1)]
+
+    def use(self, table: NGramTable | None) -> None:
+        """Draft from `table` from now on (a request in another workspace)."""
+        if table is not self.table:
+            self.table = table
+            self.memo.clear()
 
     def _lookup(self, tail: tuple[int, ...]) -> tuple[int, float, int] | None:
         """`table.lookup`, remembered: the next step's chain mostly walks the same contexts."""
@@ -298,7 +305,7 @@ class CorpusDrafter(NoRequestHooks):
                 break
             path += (token,)
             tail = tail[len(tail) + 1 - MAX_N:] + (token,)
-            out.append(Draft(path, share, self.SOURCES[n][int(share * 4)]))
+            out.append(Draft(path, share, self.sources[n][int(share * 4)]))
         return out
 
     def nbytes(self) -> int:
@@ -431,8 +438,9 @@ def registry(vocab: int, ngrams: NGramTable | None = None, heads: FutureHeads | 
     return {"prompt": PromptLookup(seen=seen),
             "ngram": NGramDrafter("ngram", seen=seen),
             "corpus": CorpusDrafter(ngrams),
+            "workspace": CorpusDrafter(None, name="workspace"),
             "recycle": TokenRecycling(vocab),
             "heads": HeadsDrafter(heads, output)}
 
 
-DRAFTERS = ("prompt", "ngram", "corpus", "recycle", "heads")
+DRAFTERS = ("prompt", "ngram", "corpus", "workspace", "recycle", "heads")

@@ -26,7 +26,7 @@ import bisect
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,3 +143,106 @@ def beside(directory: Path) -> NGramTable | None:
     return table
 
 
+# --- counting a table (the corpus drafter's is counted at training time, the workspace
+# drafter's at run time) ---------------------------------------------------------------------
+
+def context_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
+    """For each i >= n-1: the hash of tokens[i-n+1 : i+1] (as `tail_hashes` computes it)."""
+    tokens = tokens.astype(np.uint64) + np.uint64(1)
+    h = np.zeros(len(tokens) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h = h * np.uint64(_MULT) + tokens[j:len(tokens) - n + 1 + j]
+        h ^= np.uint64(n)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(_MIX)
+        h ^= h >> np.uint64(33)
+    return h & np.uint64((1 << HASH_BITS) - 1)
+
+
+def count(docs: Iterable[Sequence[int]], *, min_count: int = 3, min_share: float = 0.4,
+          info: dict | None = None, progress: bool = False,
+          targets: Iterable[Sequence[int]] | None = None) -> NGramTable:
+    """Count every run of 1 to `MAX_N` tokens and the token after it, within each document.
+    `targets` (one per document, as long): count `targets[d][i]` as what follows the runs
+    ending at position i instead of the document's next token (a model's predictions)."""
+    from tqdm import tqdm
+
+    parts, wanted = [], []
+    for doc, target in zip(docs, targets) if targets is not None else ((d, None) for d in docs):
+        parts += [np.asarray(doc, dtype=np.int64), np.array([-1])]  # -1: a document ends
+        if target is not None:
+            wanted += [np.asarray(target, dtype=np.int64), np.array([-1])]
+    tokens = np.concatenate(parts) if parts else np.array([-1])
+    predicted = np.concatenate(wanted) if wanted else None
+    if len(tokens) and tokens.max(initial=0) >= 1 << TOKEN_BITS:
+        raise ValueError(f"token ids must be below 2^{TOKEN_BITS}")
+    ends = np.flatnonzero(tokens < 0)
+    last_end = np.maximum.accumulate(np.where(tokens < 0, np.arange(len(tokens)), -1))
+    kept: list[tuple[np.ndarray, ...]] = []  # per order: keys, next, share, first position
+    hashes: dict[int, np.ndarray] = {}
+    for n in tqdm(range(1, MAX_N + 1), desc="counting", unit="context length",
+                  disable=not progress):
+        if len(tokens) <= n:
+            kept.append(_EMPTY)
+            continue
+        h = context_hashes(np.maximum(tokens, 0), n)[:-1]      # context ending at i, i >= n-1
+        follow = tokens[n:] if predicted is None else predicted[n - 1:-1]  # what follows
+        # whole: no document end among the context and the token after it
+        whole = last_end[n:] < np.arange(len(tokens) - n)
+        hashes[n] = np.concatenate([np.zeros(n - 1, dtype=np.uint64), h])  # by end position
+        pair = (h[whole] << np.uint64(TOKEN_BITS)) | follow[whole].astype(np.uint64)
+        pos = np.flatnonzero(whole) + n - 1                     # where each context ends
+        uniq, first, counts = np.unique(pair, return_index=True, return_counts=True)
+        if not len(uniq):
+            kept.append(_EMPTY)
+            continue
+        ctx = uniq >> np.uint64(TOKEN_BITS)
+        nxt = (uniq & np.uint64((1 << TOKEN_BITS) - 1)).astype(np.int64)
+        starts = np.flatnonzero(np.r_[True, ctx[1:] != ctx[:-1]])
+        total = np.add.reduceat(counts, starts)
+        group = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(ctx)]))
+        # the best next token of each context: most counts, then the smallest id
+        best = np.lexsort((nxt, -counts, group))[starts]
+        share = counts[best] / total
+        good = (total >= min_count) & (share >= min_share)
+        keys, follows, shares = ctx[best][good], nxt[best][good], share[good]
+        where = pos[first[best][good]]
+        if n > 1 and len(keys):  # drop what the shorter contexts kept already say
+            said = _backoff(kept, hashes, where, n)
+            new = said != follows
+            keys, follows, shares, where = keys[new], follows[new], shares[new], where[new]
+        kept.append((keys, follows, shares, where))
+    keys = np.concatenate([k[0] for k in kept])
+    order = np.concatenate([np.full(len(k[0]), n, dtype=np.uint8) for n, k in
+                            enumerate(kept, start=1)])
+    sort = np.argsort(keys, kind="stable")
+    info = dict(info or {}, min_count=min_count, min_share=min_share, max_n=MAX_N,
+                tokens=int((tokens >= 0).sum()), documents=len(ends))
+    follows = np.concatenate([k[1] for k in kept])[sort]
+    small = not len(follows) or follows.max() < 1 << 16
+    return NGramTable((keys[sort] >> np.uint64(KEY_SHIFT)).astype(np.uint32),
+               follows.astype(np.uint16 if small else np.int32),
+               np.round(np.concatenate([k[2] for k in kept])[sort] * 255).astype(np.uint8),
+               order[sort], info)
+
+
+_EMPTY = (np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+
+
+def _backoff(kept: list[tuple[np.ndarray, ...]], hashes: dict[int, np.ndarray],
+             where: np.ndarray, n: int) -> np.ndarray:
+    """For contexts of length n ending at positions `where`: the token the longest shorter
+    context already kept names (-1 where none is)."""
+    said = np.full(len(where), -1, dtype=np.int64)
+    for m in range(n - 1, 0, -1):
+        keys, follows = kept[m - 1][0], kept[m - 1][1]
+        if not len(keys):
+            continue
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
+        want = hashes[m][where]
+        at = np.minimum(np.searchsorted(sorted_keys, want), len(keys) - 1)
+        found = (sorted_keys[at] == want) & (said < 0)
+        said[found] = follows[order[at[found]]]
+    return said
