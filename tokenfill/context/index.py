@@ -295,14 +295,7 @@ class WorkspaceIndex:
         digest = hashlib.sha256(raw).hexdigest()
         with self._write, self.db:
             if digest != old_hash:
-                self._delete_chunks(rel)
-                for c in chunk_file(rel, text):
-                    cur = self.db.execute(
-                        "INSERT INTO chunks(path, name, kind, start_line, end_line, signature, "
-                        "text) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (c.path, c.name, c.kind, c.start_line, c.end_line, c.signature, c.text))
-                    self.db.execute("INSERT INTO chunks_fts(rowid, words) VALUES (?, ?)",
-                                    (cur.lastrowid, words(c.text)))
+                self._replace_chunks(rel, text)
                 stats.indexed += 1
             else:
                 stats.unchanged += 1
@@ -324,14 +317,7 @@ class WorkspaceIndex:
             st = full.stat()
             return self.index_file(rel, full, st, None, UpdateStats())
         with self._write, self.db:
-            self._delete_chunks(rel)
-            for c in chunk_file(rel, text):
-                cur = self.db.execute(
-                    "INSERT INTO chunks(path, name, kind, start_line, end_line, signature, text) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (c.path, c.name, c.kind, c.start_line, c.end_line, c.signature, c.text))
-                self.db.execute("INSERT INTO chunks_fts(rowid, words) VALUES (?, ?)",
-                                (cur.lastrowid, words(c.text)))
+            self._replace_chunks(rel, text)
             self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
                             (rel, len(text.encode()), 0, "", time.time()))
         return True
@@ -340,6 +326,17 @@ class WorkspaceIndex:
         with self._write, self.db:
             self._delete_chunks(rel)
             self.db.execute("DELETE FROM files WHERE path = ?", (rel,))
+
+    def _replace_chunks(self, rel: str, text: str) -> None:
+        """The file's chunks and their search words, written anew (inside a transaction)."""
+        self._delete_chunks(rel)
+        for c in chunk_file(rel, text):
+            cur = self.db.execute(
+                "INSERT INTO chunks(path, name, kind, start_line, end_line, signature, text) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (c.path, c.name, c.kind, c.start_line, c.end_line, c.signature, c.text))
+            self.db.execute("INSERT INTO chunks_fts(rowid, words) VALUES (?, ?)",
+                            (cur.lastrowid, words(c.text)))
 
     def _delete_chunks(self, rel: str) -> None:
         ids = [row[0] for row in self.db.execute("SELECT id FROM chunks WHERE path = ?", (rel,))]

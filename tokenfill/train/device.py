@@ -79,7 +79,7 @@ def command(preset: str = "mid", minutes: float = 8.0, heads: int = 3, init: boo
         f"--corpus {folder}/shards --environment --cache {folder}/wheels",
         f"--benchmark-data {folder}/benchmark --tokenizer {folder}/tokenizer.json",
         f"--init {folder}/init" if init else f"--preset {preset}",
-        f"--seq-len 2048 --batch-size 64 --lr 3e-3 --warmup 300 --steps 1000000",
+        "--seq-len 2048 --batch-size 64 --lr 3e-3 --warmup 300 --steps 1000000",
         f"--max-minutes {minutes} --heads {heads} --workers 12 --compile --eval-every 500",
         "--save-every 1000000 --no-ngrams --shard-mib 15 --out $OUT/model;",
         "rm -f $OUT/model/tokenizer.json",  # at most 8 files come back, and this one is here

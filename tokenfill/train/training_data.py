@@ -25,7 +25,6 @@ import torch
 from tokenfill.completion.fim import FimTokens
 from tokenfill.runtime.tokenizer import Tokenizer
 
-
 UNITS = ("rest-of-line", "line", "lines", "block-body", "arguments")
 
 
