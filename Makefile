@@ -51,8 +51,8 @@ bench: $(VENV)/.installed-bench
 # What a lent GPU's training run needs, in runs/device (tokenfill/train/device.py): the corpus and
 # its shards are built first where missing (about 12 minutes on 2 cores); SKIP=N starts at shard N.
 device-bundle: $(VENV)/.installed
-	test -f runs/corpus2/corpus.jsonl || $(VENV)/bin/tokenfill corpus --out runs/corpus2/corpus.jsonl \
-		--shards runs/corpus2/shards
+	test -f runs/corpus3/corpus.jsonl || $(VENV)/bin/tokenfill corpus --out runs/corpus3/corpus.jsonl \
+		--shards runs/corpus3/shards
 	$(PY) -m tokenfill.train.device --skip $${SKIP:-0} $${INIT:+--init $$INIT}
 
 clean:

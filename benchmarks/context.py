@@ -1,24 +1,32 @@
 """`python -m benchmarks context`: completions with the workspace's context against without it,
 side by side in one run, on packages the model never saw.
 
-Each held-out package (realcode.py) is laid out as a workspace folder and indexed (files/s, the
-database's size, the time from a cold workspace to its first completion are reported). Holes of
-four kinds are cut from its files; each is completed three times by the same engine with the
-defaults, the arms taking turns in first place: from the file alone; with what the index
-retrieves for it (the hole's own file left out); and the same with the workspace drafter's table
-(retrieval as drafts), whose completions must equal the second's. Scored against the text that
-was there. Reported per kind: exact match of the first line, edit similarity of the middle, ms
-p50 / p95 per completion (retrieval included), draft tokens accepted per decoding pass, and the
-context's mean chunks, tokens and retrieval ms.
+Each held-out package (realcode.py) is laid out as a workspace folder and indexed. Holes of four
+kinds are cut from its files; each is completed four times by the same engine with the defaults,
+the arms taking turns in first place: from the file alone; with what the index retrieves for it
+(the hole's own file left out) in the default layout (`# path` headers for a family without a
+file separator); the same pieces bare, without headers (what the layout adds); and the default
+with the workspace drafter's table (retrieval as drafts), whose completions must equal the
+second's. Scored against the text that was there. Reported per kind: exact match of the first
+line, edit similarity of the middle, ms p50 / p95 per completion (retrieval included), draft
+tokens accepted per decoding pass, and the context's mean chunks, tokens and retrieval ms.
+
+Indexing is measured twice: the held-out packages (files/s, the database's size), and a large
+workspace, the installed `torch` package's Python files, as a server or language server meets
+it: indexed by its background thread while completions are asked for from the first moment
+(time to the first completion, ms p50 while indexing and after, files/s, index size, and the
+growth of the process's peak memory).
 """
 
 from __future__ import annotations
 
+import resource
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from benchmarks.common import header, model_option
@@ -27,16 +35,17 @@ from tokenfill.completion.request import CompletionRequest
 from tokenfill.context.drafts import workspace_table
 from tokenfill.context.index import WorkspaceIndex
 from tokenfill.context.retrieve import Retriever
+from tokenfill.context.workspace import Workspace
 from tokenfill.eval import holes, realcode
 from tokenfill.eval.score import parses, score_middle
 from tokenfill.eval.stats import percentile
 
 KINDS = ("whole-line", "dot-identifier", "mid-line", "block-body")
-ARMS = ("without", "with", "with + drafts")
+ARMS = ("without", "with", "with, bare", "with + drafts")
 
 
 def run(model: Path, per_kind: int = 50, budget: int | None = None, seed: int = 0,
-        progress: bool = True) -> str:
+        progress: bool = True, large_workspace: bool = True) -> str:
     engine = Engine.load(model)
     budget = budget if budget is not None else engine.context // 4
     files = [(path, text) for path, text in realcode.files() if parses(text)]
@@ -64,7 +73,7 @@ def run(model: Path, per_kind: int = 50, budget: int | None = None, seed: int = 
                                                   extra=got.pieces))
                 first_completion.append(time.perf_counter() - start)
                 indexing.append((package, stats.seen, stats.seconds,
-                                 index.db_path.stat().st_size))
+                                 index.size_bytes()))
             return retrievers[package]
 
         rows: dict[str, dict[str, dict[str, list]]] = defaultdict(
@@ -76,9 +85,12 @@ def run(model: Path, per_kind: int = 50, budget: int | None = None, seed: int = 
             package = path.split("/", 1)[0]
             retriever = retriever_for(package, hole)
             texts = {}
-            for arm in ARMS[k % 3:] + ARMS[:k % 3]:  # each arm first in turn: warm caches
-                engine.workspace_tables = {package: tables[package]} if arm == ARMS[2] else {}
+            turn = k % len(ARMS)
+            for arm in ARMS[turn:] + ARMS[:turn]:  # each arm first in turn: warm caches
+                engine.workspace_tables = {package: tables[package]} if arm == ARMS[3] else {}
+                engine.context_layout = "bare" if arm == ARMS[2] else "auto"
                 start = time.perf_counter()
+                retriever.last.clear()  # each arm retrieves afresh: cold completions, all timed
                 got = retriever.retrieve(hole.prefix, hole.suffix, str(root / path)) \
                     if arm != ARMS[0] else None
                 result = engine.complete(CompletionRequest(
@@ -95,16 +107,69 @@ def run(model: Path, per_kind: int = 50, budget: int | None = None, seed: int = 
                     r["chunks"].append(got.chunks)
                     r["tokens"].append(got.tokens)
                     r["retrieval_ms"].append(got.ms)
-            assert texts[ARMS[1]] == texts[ARMS[2]], "drafts changed a completion"
+            assert texts[ARMS[1]] == texts[ARMS[3]], "drafts changed a completion"
         engine.workspace_tables = {}
-    return report(rows, indexing, first_completion, per_kind, budget, model)
+        engine.context_layout = "auto"
+        large = cold_workspace(engine, budget, root / ".cache-large") if large_workspace else None
+    return report(rows, indexing, first_completion, per_kind, budget, model, large)
 
 
-def report(rows, indexing, first_completion, per_kind: int, budget: int, model: Path) -> str:
+LARGE = Path(torch.__file__).parent   # thousands of Python files, on every machine that runs us
+LARGE_PROMPTS = 8                       # cursors completed in turn while the index builds
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cold_workspace(engine: Engine, budget: int, cache: Path) -> dict:
+    """A large workspace indexed by its background thread while completions go on."""
+    sources = sorted(p for p in (LARGE / "nn").glob("*.py") if p.stat().st_size > 4000)
+    cursors = []
+    for path in sources[:LARGE_PROMPTS]:
+        text = path.read_text()
+        cut = text.index("\n", len(text) // 2) + 1
+        cursors.append((str(path), text[:cut], text[cut:]))
+    peak_before = peak_rss_bytes()
+    start = time.perf_counter()
+    ws = Workspace(LARGE, budget=budget, count_tokens=lambda t: len(engine.tokenizer.encode(t)),
+                   tokenizer=engine.tokenizer, on_table=engine.workspace_tables.__setitem__,
+                   cache=cache).start()
+    during, after, chunks = [], [], []
+    first = None
+    k = 0
+    try:
+        while not ws.ready.is_set() or len(after) < 2 * LARGE_PROMPTS:
+            indexing = not ws.ready.is_set()
+            path, prefix, suffix = cursors[k % len(cursors)]
+            k += 1
+            t = time.perf_counter()
+            got = ws.retrieve(prefix, suffix, path)
+            engine.complete(CompletionRequest(prefix=prefix, suffix=suffix, extra=got.pieces,
+                                              path=path, project=str(ws.root)))
+            now = time.perf_counter()
+            first = first if first is not None else now - start
+            (during if indexing else after).append((now - t) * 1000)
+            if not indexing:
+                chunks.append(got.chunks)
+        stats = ws.stats
+        return {"files": stats.seen, "indexed": stats.indexed, "seconds": stats.seconds,
+                "mib": ws.index.size_bytes() / 2**20, "first_ms": first * 1000,
+                "during": during, "after": after, "chunks": sum(chunks) / max(len(chunks), 1),
+                "peak_mib": (peak_rss_bytes() - peak_before) / 2**20}
+    finally:
+        ws.close()
+        engine.workspace_tables = {}
+
+
+def report(rows, indexing, first_completion, per_kind: int, budget: int, model: Path,
+           large: dict | None = None) -> str:
     lines = [header(f"python -m benchmarks context --per-kind {per_kind}{model_option(model)}"),
              f"held-out packages as workspaces, the hole's file left out of retrieval; context "
              f"budget {budget} tokens (a quarter of the model's window, the default); greedy, "
-             "defaults otherwise; with + drafts: the workspace drafter too (same completions).",
+             "defaults otherwise; with: `# path` headers (the default layout for this family); "
+             "bare: the same pieces without headers; with + drafts: the workspace drafter too "
+             "(same completions).",
              "",
              "| holes | context | n | EM first line | ES middle | ms p50 / p95 | accepted per pass "
              "| chunks | context tokens | retrieval ms |",
@@ -130,4 +195,14 @@ def report(rows, indexing, first_completion, per_kind: int, budget: int, model: 
               f"cold workspace to first completion (index, n-gram table, retrieval, "
               f"completion): median {percentile([s * 1000 for s in first_completion], 0.5):.0f} "
               "ms."]
+    if large is not None:
+        lines += ["", f"A large cold workspace (the installed torch package, {large['files']:,} "
+                  f"Python files) indexed in the background: {large['seconds']:.1f} s "
+                  f"({large['files'] / max(large['seconds'], 1e-9):.0f} files/s), "
+                  f"{large['mib']:.0f} MiB of SQLite, peak memory +{large['peak_mib']:.0f} MiB; "
+                  f"first completion {large['first_ms']:.0f} ms after the start (the index "
+                  f"still building); ms per completion p50 {percentile(large['during'], 0.5):.0f} "
+                  f"while indexing ({len(large['during'])} completions) and "
+                  f"{percentile(large['after'], 0.5):.0f} after ({len(large['after'])}, "
+                  f"{large['chunks']:.1f} chunks each)."]
     return "\n".join(lines)

@@ -106,6 +106,7 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     add_cursor_option(p, " (for requests without a cursor_mode field)")
     add_speculative_option(p, " (for requests without a speculative field)")
     add_syntax_option(p, " (for requests without a syntax field)")
+    add_context_options(p, "default: none")
 
 
 def lsp_arguments(p: argparse.ArgumentParser) -> None:
@@ -139,6 +140,9 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
                    help="the share of the run over which the learning rate decays")
     p.add_argument("--shard-mib", type=float, default=16,
                    help="exported weights go in files of at most this many MiB")
+    p.add_argument("--repo-rate", type=float, default=0.3,
+                   help="the share of fill-in-the-middle samples given context from other files "
+                        "of their package, as the workspace retriever gives it (default 0.3)")
     add_corpus_sources(p)
     p.add_argument("--no-ngrams", action="store_true",
                    help="export without the corpus drafter's table (build it later: tokenfill ngrams)")
@@ -293,52 +297,55 @@ def repository_of(path: Path) -> Path | None:
 
 
 def open_workspace(args: argparse.Namespace, root: Path | None, engine):
-    """The retriever for the workspace at `root`, indexed now with a progress bar (None:
-    no context)."""
+    """The workspace at `root` (None: no context), indexed now with a progress bar: a command
+    completes once, so it waits for the index that a server would build in the background."""
     from tqdm import tqdm
 
-    from tokenfill.context.index import WorkspaceError, WorkspaceIndex
-    from tokenfill.context.retrieve import Retriever
+    from tokenfill.context.index import WorkspaceError
+    from tokenfill.context.workspace import Workspaces
 
     if root is None or args.no_context:
         return None
     budget = engine.context // 4 if args.context_tokens is None else args.context_tokens
     if budget < 0:
         raise UsageError("--context-tokens must be 0 or more")
+    spaces = Workspaces(budget=budget, count_tokens=lambda text: len(engine.tokenizer.encode(text)))
     try:
-        index = WorkspaceIndex(root)
+        ws = spaces.add(root)
     except WorkspaceError as e:
         raise UsageError(str(e)) from None
     with tqdm(desc=f"indexing {root}", unit="file", leave=False) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
+        while not ws.wait(0.1):
+            bar.total, bar.n = ws.progress[1] or None, ws.progress[0]
             bar.refresh()
-
-        stats = index.update(progress)
-    print(f"workspace {root}: {index.file_count()} files, {stats.chunks} chunks "
+    stats = ws.stats
+    if stats is None:
+        print(f"workspace {root}: indexing failed (see above); completing without its context",
+              file=sys.stderr)
+        spaces.close()
+        return None
+    print(f"workspace {root}: {ws.index.file_count()} files, {stats.chunks} chunks "
           f"({stats.indexed} indexed, {stats.unchanged} unchanged, {stats.removed} removed, "
           f"{stats.skipped} skipped) in {stats.seconds:.1f} s", file=sys.stderr)
     if args.speculative:  # the workspace drafter's table; requests name the workspace
         from tokenfill.context.drafts import workspace_table
 
-        engine.workspace_tables[str(index.root)], _ = workspace_table(index, engine.tokenizer)
-    return Retriever(index, lambda text: len(engine.tokenizer.encode(text)), budget)
+        engine.workspace_tables[str(ws.root)], _ = workspace_table(ws.index, engine.tokenizer)
+    return spaces
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from tokenfill.context.retrieve import budgeted
-
     text = read_source(args.file)
     offset = cursor_offset(text, args.line, args.column, str(args.file))
     request_of(args, "", "")  # bad options fail before the model loads
     engine = load_engine(args)
-    retriever = open_workspace(args, args.workspace or repository_of(args.file), engine)
-    extra, _ = budgeted(retriever, text[:offset], text[offset:], str(args.file))
-    project = str(retriever.index.root) if retriever is not None else None
-    result = engine.complete(request_of(args, text[:offset], text[offset:], invoked=True,
-                                        path=str(args.file), project=project, extra=extra))
-    print(result.text)
+    spaces = open_workspace(args, args.workspace or repository_of(args.file), engine)
+    request = request_of(args, text[:offset], text[offset:], invoked=True,
+                         path=str(args.file.resolve()))
+    if spaces is not None:
+        request, _ = spaces.augment(request)
+        spaces.close()
+    print(engine.complete(request).text)
     return 0
 
 
@@ -348,13 +355,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from tokenfill.context.retrieve import budgeted
-
     if not args.input.is_file():
         raise UsageError(f"{args.input}: no such file")
     request_of(args, "", "")  # bad options fail before the model loads
     engine = load_engine(args)
-    retriever = open_workspace(args, args.workspace, engine)
+    spaces = open_workspace(args, args.workspace, engine)
     with open(args.input, encoding="utf-8") as f:
         lines = f.read().splitlines()
     done = skipped = forwards = drafted = accepted = 0
@@ -371,14 +376,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             path = task.get("path")
             full = str(args.workspace / path) if path and args.workspace else path
-            extra, got = budgeted(retriever, task["prefix"], task.get("suffix", ""), full)
-            project = str(retriever.index.root) if retriever is not None else None
-            result = engine.complete(request_of(args, task["prefix"], task.get("suffix", ""),
-                                                invoked=True, extra=extra, path=full,
-                                                project=project))
+            request = request_of(args, task["prefix"], task.get("suffix", ""), invoked=True,
+                                 path=full)
+            if spaces is not None:
+                request, got = spaces.augment(request)
+            result = engine.complete(request)
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens, forwards=result.forwards)
-            if retriever is not None:
+            if spaces is not None:
                 task.update(context={"chunks": got.chunks, "tokens": got.tokens,
                                      "ms": round(got.ms, 2)})
             if args.speculative:
@@ -389,6 +394,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             out.write(json.dumps(task, ensure_ascii=False) + "\n")
             out.flush()
             done += 1
+    if spaces is not None:
+        spaces.close()
     print(f"{done} completed, {skipped} skipped -> {args.output}", file=sys.stderr)
     if args.speculative and forwards:
         print(f"speculative: {drafted} tokens drafted, {accepted} accepted, "
@@ -448,6 +455,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot serve {args.model}: no {needed} there")
     if args.slots < 1:
         raise UsageError("--slots must be at least 1")
+    workspace = None if args.no_context else args.workspace
+    if workspace is not None:
+        from tokenfill.context.index import WorkspaceError, check_root
+
+        try:
+            workspace = check_root(workspace)
+        except WorkspaceError as e:
+            raise UsageError(str(e)) from None
+    if args.context_tokens is not None and args.context_tokens < 0:
+        raise UsageError("--context-tokens must be 0 or more")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     process.few_arenas()
     settings = ServerSettings(model=args.model, dtype=args.dtype, api_key=args.api_key,
@@ -457,7 +474,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               speculative=args.speculative, syntax=args.syntax,
                               host=args.host, allowed_hosts=tuple(args.allowed_host),
                               cors_origins=tuple(args.cors_origin),
-                              body_timeout_s=args.body_timeout)
+                              body_timeout_s=args.body_timeout, workspace=workspace,
+                              context_tokens=args.context_tokens)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
                 http=with_header_timeout(args.header_timeout))
     return 0
@@ -481,7 +499,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         train(TrainArgs(run=args.run, out=args.out, preset=args.preset, corpora=args.corpus,
                         environment=args.environment, tokenizer=args.tokenizer, init=args.init,
                         heads=args.heads, decay_fraction=args.decay_fraction,
-                        shard_mib=args.shard_mib, ngrams=not args.no_ngrams, steps=args.steps,
+                        shard_mib=args.shard_mib, repo_rate=args.repo_rate,
+                        ngrams=not args.no_ngrams, steps=args.steps,
                         max_minutes=args.max_minutes, batch_size=args.batch_size,
                         seq_len=args.seq_len, vocab_size=args.vocab_size, lr=args.lr,
                         warmup=args.warmup, eval_every=args.eval_every,

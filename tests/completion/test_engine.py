@@ -50,6 +50,22 @@ def test_long_context_is_cut_to_fit(engine):
     assert result.prompt_tokens + 16 <= engine.context
 
 
+def test_context_from_other_files_keeps_its_share_of_a_long_file(engine):
+    prefix = "".join(f"value_{i} = {i}\n" for i in range(400))
+    extra = (("far.py", "def far_away():\n    pass\n"), ("near.py", "def nearest():\n    pass\n"))
+    made = engine.prompt(CompletionRequest(prefix=prefix, suffix="\n", extra=extra,
+                                           cursor_mode="none"), 16)
+    text = engine.tokenizer.decode(made.ids)
+    assert len(made.ids) + 16 <= engine.context
+    assert "# far.py\ndef far_away():" in text and "# near.py\ndef nearest():" in text
+    assert text.index("# near.py") < text.index("value_399 = 399")  # at the prefix's start
+    assert text.index("# far.py") < text.index("# near.py")         # nearest the cursor last
+    huge = (("huge.py", "x = 1\n" * 2000), *extra)                   # more than half the window
+    text = engine.tokenizer.decode(engine.prompt(CompletionRequest(
+        prefix=prefix, suffix="\n", extra=huge, cursor_mode="none"), 16).ids)
+    assert "huge.py" not in text and "# near.py" in text and "value_399 = 399" in text
+
+
 def test_encodings_kept_across_requests_give_the_same_prompts(model_dir, monkeypatch):
     """While a person types, the suffix's encodings come back request after request: an engine
     keeps the last ones (a bounded number), and the prompts are those of encoding afresh."""

@@ -33,6 +33,47 @@ FAMILIES = {
 }
 
 
+PIECES = (("util.py", "def helper(x):\n    return x\n"), ("core.py", "class Core:\n    pass\n"))
+
+
+def test_qwen_context_takes_the_repository_layout_before_the_fim_tokens():
+    tok = family_tokenizer(FAMILIES["qwen2.5-coder"])
+    tokens = fim.detect(tok)
+    ctx = fim.context_ids(tokens, PIECES, tok.encode, 10_000, project="/src/shop",
+                          path="/src/shop/app/main.py")
+    assert ctx.before_fim and ctx.pieces == 2
+    assert tok.decode(ctx.ids) == ("<|repo_name|>shop\n<|file_sep|>util.py\ndef helper(x):\n"
+                                   "    return x\n<|file_sep|>core.py\nclass Core:\n    pass\n"
+                                   "<|file_sep|>app/main.py\n")
+    prompt = tokens.prompt(tok.encode("x = "), tok.encode("\n"), ctx)
+    assert prompt[:len(ctx.ids)] == ctx.ids and prompt[len(ctx.ids)] == tokens.prefix
+
+
+def test_starcoder_context_without_a_file_separator_is_commented_at_the_prefix_start():
+    tok = family_tokenizer(FAMILIES["starcoder"])       # no <file_sep>: the bundled model's kind
+    tokens = fim.detect(tok)
+    ctx = fim.context_ids(tokens, PIECES, tok.encode, 10_000)
+    assert not ctx.before_fim
+    assert tok.decode(ctx.ids) == ("# util.py\ndef helper(x):\n    return x\n\n"
+                                   "# core.py\nclass Core:\n    pass\n\n")
+    prompt = tokens.prompt(tok.encode("x = "), tok.encode("\n"), ctx)
+    assert prompt[0] == tokens.prefix and prompt[1:1 + len(ctx.ids)] == ctx.ids
+    bare = fim.context_ids(tokens, PIECES, tok.encode, 10_000, layout="bare")
+    assert tok.decode(bare.ids).startswith("def helper(x):")
+    with_sep = family_tokenizer([*FAMILIES["starcoder"], "<file_sep>", "<repo_name>"])
+    ctx = fim.context_ids(fim.detect(with_sep), PIECES, with_sep.encode, 10_000, project="/a/b")
+    assert ctx.before_fim and with_sep.decode(ctx.ids).startswith("<repo_name>b<file_sep>util.py\n")
+
+
+def test_context_keeps_the_pieces_nearest_the_cursor_within_its_room():
+    tok = family_tokenizer(FAMILIES["starcoder"])
+    tokens = fim.detect(tok)
+    whole = fim.context_ids(tokens, PIECES, tok.encode, 10_000)
+    last = tok.encode("# core.py\nclass Core:\n    pass\n\n")
+    assert fim.context_ids(tokens, PIECES, tok.encode, len(whole.ids) - 1).ids == last
+    assert fim.context_ids(tokens, PIECES, tok.encode, len(last) - 1).ids == []
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_format_is_detected_from_special_tokens(family):
     tok = family_tokenizer(FAMILIES[family])

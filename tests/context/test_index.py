@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tokenfill.context.index import WorkspaceError, WorkspaceIndex, chunk_file, words
+from tokenfill.context.index import (WorkspaceError, WorkspaceIndex, chunk_file, chunk_spans,
+                                     chunks_from_spans, words)
 
 PARSER = '''"""Parsing headers."""
 import re
@@ -57,6 +58,9 @@ def test_chunks_follow_the_syntax_tree():
     assert kinds[0] == ("class", "Big") and ("method", "Big.m7") in kinds and len(kinds) == 31
     broken = chunk_file("broken.py", "def f(:\n" * 100)
     assert {c.kind for c in broken} == {"window"} and len(broken) == 3
+    assert chunks_from_spans("pkg/parser.py", PARSER, chunk_spans(PARSER)) == chunks
+    blank_doc = chunk_file("blank.py", 'def g():\n    """   """\n    return 1\n')
+    assert blank_doc[0].signature == "def g():"
 
 
 def test_words_split_identifiers_for_search():

@@ -7,7 +7,7 @@ import pytest
 
 from tokenfill.context.drafts import workspace_table
 from tokenfill.context.index import WorkspaceIndex
-from tokenfill.context.retrieve import Retriever, budgeted
+from tokenfill.context.retrieve import Retriever
 from tokenfill.speculative.decoding import Speculator
 
 SHAPES = '''class Circle:
@@ -84,9 +84,24 @@ def test_recent_files_rank_first_among_equals(index):
     assert "copy_of_report.py" in first and "report.py" not in first
 
 
-def test_without_a_retriever_only_the_requests_own_extra_is_used():
-    extra, got = budgeted(None, "x = ", "", None, (("a.py", "y = 1"),))
-    assert extra == (("a.py", "y = 1"),) and got.chunks == 0
+def test_a_chunk_the_prompt_already_holds_is_passed_over(index):
+    # a request that does not name its file: the file's own chunks must not come back as context
+    prefix = REPORT + "\n\nreport_areas(circles)\nfor circle in circles:\n    print("
+    got = Retriever(index, words, budget=1000).retrieve(prefix, ")\n")
+    assert all(text.strip() not in prefix for _, text in got.pieces)
+
+
+def test_the_same_pieces_are_kept_while_typing_until_the_index_changes(index):
+    retriever = Retriever(index, words, budget=1000)
+    prefix = "from shapes import area_of_circle\n\nx = area_of_circle(c"
+    first = retriever.retrieve(prefix, ")\n", "new.py")
+    typed = retriever.retrieve(prefix + "i", ")\n", "new.py")     # one more character
+    assert typed.reused and typed.pieces == first.pieces
+    index.update_file("shapes.py", SHAPES + "\n\ndef area_of_square(side):\n    return side ** 2\n")
+    after = retriever.retrieve(prefix + "ir", ")\n", "new.py")
+    assert not after.reused
+    other = retriever.retrieve("import os\nos.path.join(", ")\n", "new.py")
+    assert not other.reused
 
 
 def test_the_workspace_drafter_drafts_what_the_workspace_holds(index, tokenizer):

@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -338,3 +339,39 @@ def test_a_client_that_leaves_mid_body_is_no_server_error(server):
     assert "went away before its request arrived" in log
     assert "internal error" not in log and "Traceback" not in log
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_a_workspace_adds_context_shown_in_timings_and_the_log(chatty_model_dir, tmp_path):
+    ws = tmp_path / "shop"
+    ws.mkdir()
+    (ws / "pricing.py").write_text('def compute_total(prices, tax_rate):\n    """Sum with tax."""\n'
+                                   "    return sum(prices) * (1 + tax_rate)\n")
+    (ws / "orders.py").write_text("import os\nprint(os.sep)\n")
+    srv = Server(chatty_model_dir, tmp_path / "server.log", "--cursor-mode", "none",
+                 "--workspace", str(ws))
+    try:
+        body = {"input_prefix": "from pricing import compute_total\n\ntotal = compute_total(",
+                "input_suffix": ")\n", "n_predict": 2, "path": "orders.py"}
+        deadline = time.time() + 20                  # indexing runs in the background
+        while True:
+            r = httpx.post(srv.url + "/infill", json=body)
+            timings = r.json()["timings"]
+            if timings["context_n"] >= 1 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200 and timings["context_n"] >= 1
+        assert timings["context_tokens"] > 0 and timings["context_ms"] >= 0
+        line = srv.log_line(r.headers["x-request-id"])
+        assert re.search(r"context=\d+ chunks/\d+ tokens \(1 definitions", line), line
+        assert "workspace" in srv.log() and "indexing workspace" in srv.log()
+        own = httpx.post(srv.url + "/infill", json={**body, "path": "pricing.py"}).json()
+        assert own["timings"]["context_n"] == 0      # the file being completed is never retrieved
+    finally:
+        srv.stop()
+
+
+def test_a_bad_workspace_stops_the_server_with_a_clear_message(chatty_model_dir, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tokenfill", "serve", "--model",
+                             str(chatty_model_dir), "--workspace", str(tmp_path / "missing")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "does not exist" in result.stderr

@@ -110,6 +110,19 @@ def test_a_tree_timed_during_a_stall_does_not_price_trees_out_for_good():
     assert len(tree) == 3  # likely drafts still make a tree, whose timing then corrects the fit
 
 
+def test_while_no_tree_is_timed_the_fit_drifts_back_to_the_prior():
+    cost = PassCost()
+    cost.observe(1, 0.005)
+    for _ in range(5):
+        cost.observe(8, 0.5)    # a busy spell: trees look dear, so none is built for a while
+    drafts = [Draft((5,), 0.4, "a"), Draft((5, 6), 0.4, "a"), Draft((5, 6, 7), 0.4, "a")]
+    assert len(DraftTree.build(1, drafts, AcceptanceRates(), budget=8, cost=cost)) == 1
+    for _ in range(300):
+        cost.observe(1, 0.005)  # plain steps only, at the machine's usual cost
+    assert cost(8) < 0.005 * 1.5
+    assert len(DraftTree.build(1, drafts, AcceptanceRates(), budget=8, cost=cost)) > 1
+
+
 def test_pass_cost_table_gives_each_size_its_cost():
     cost = PassCost()
     assert cost.table(5)[1:] == pytest.approx([cost(T) for T in range(1, 6)])

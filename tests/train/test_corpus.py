@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 
+from tokenfill.context.index import chunk_spans
 from tokenfill.train import corpus
 
 
@@ -111,6 +112,7 @@ def test_build_dedups_decontaminates_and_indexes(tmp_path, monkeypatch):
     assert stats.reasons == {"does not parse": 1, "vendored": 1}
     docs = [json.loads(x) for x in out.read_text().splitlines()]
     assert docs[0]["text"] == body and docs[0]["source"] == "demo-pkg-1.0/demo_pkg/a.py"
+    assert docs[0]["chunks"] == chunk_spans(body)                # kept for repository samples
     with gzip.open(tmp_path / "c.jsonl.index.tsv.gz", "rt") as f:
         index = [line.split("\t") for line in f.read().splitlines()[1:]]
     assert [row[-1] for row in index] == ["vendored", docs[0]["split"], "duplicate",

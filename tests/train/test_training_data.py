@@ -3,6 +3,8 @@ sample starts."""
 
 from __future__ import annotations
 
+import random
+
 from tests.conftest import SNIPPETS
 from tokenfill.completion import fim
 from tokenfill.train.training_data import UNITS, FimMix, SampleStream, unit_spans
@@ -88,3 +90,45 @@ def test_unit_samples_end_the_middle_where_the_unit_ends(tokenizer):
         suf = tokenizer.decode(ids[ids.index(t.suffix) + 1:ids.index(t.middle)])
         whole_lines += mid.endswith("\n") and (suf == "" or not suf.startswith("\n"))
     assert whole_lines > 20
+
+
+PACKAGE = {
+    "shop-1.0/shop/pricing.py": 'def compute_total(prices, tax_rate):\n    """Sum with tax."""\n'
+                                "    return sum(prices) * (1 + tax_rate)\n",
+    "shop-1.0/shop/orders.py": "from shop.pricing import compute_total\n\n\n"
+                               "def place_order(prices):\n    total = compute_total(prices, 0.2)\n"
+                               "    return total\n",
+    "other-2.0/other/secret.py": "def compute_total(x):\n    return 'not this package'\n",
+}
+
+
+def test_repository_samples_open_with_what_the_retriever_would_give(tokenizer):
+    paths, docs = list(PACKAGE), list(PACKAGE.values())
+    tokens = fim.detect(tokenizer)
+    eot = tokenizer.token_id("<|endoftext|>")
+    s = SampleStream(docs, tokenizer, tokens, eot, FimMix(fim_rate=1.0, spm_rate=0.0,
+                                                          repo_rate=1.0), seed=0, paths=paths)
+    with_context = 0
+    for _ in range(60):
+        ids = s.sample()
+        pre = tokenizer.decode(ids[1:ids.index(tokens.suffix)])
+        assert "not this package" not in pre                     # never another package
+        if pre.startswith("# pricing.py\n"):                        # the path inside the package
+            with_context += 1
+            assert pre.startswith('# pricing.py\ndef compute_total(prices, tax_rate):\n'
+                                  '    """Sum with tax."""\n\n')   # the signature, as served
+    assert with_context >= 5
+    for k, path in enumerate(paths):                               # never the file itself
+        doc = docs[k]
+        got = s.repos.pieces(k, doc[:len(doc) // 2], doc[len(doc) // 2:], random.Random(k), 400)
+        assert all(not path.endswith(name) for name, _ in got)
+    from tokenfill.context.index import chunk_spans
+
+    kept = SampleStream(docs, tokenizer, tokens, eot, FimMix(fim_rate=1.0, repo_rate=1.0), seed=0,
+                        paths=paths, spans=[chunk_spans(d) for d in docs])
+    parsed = SampleStream(docs, tokenizer, tokens, eot, FimMix(fim_rate=1.0, repo_rate=1.0),
+                          seed=0, paths=paths)
+    assert [kept.sample() for _ in range(20)] == [parsed.sample() for _ in range(20)]
+    plain = SampleStream(docs, tokenizer, tokens, eot, FimMix(fim_rate=1.0, spm_rate=0.0,
+                                                              repo_rate=1.0), seed=0)
+    assert all(not tokenizer.decode(plain.sample()[1:]).startswith("# ") for _ in range(20))

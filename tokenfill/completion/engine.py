@@ -114,6 +114,8 @@ class Engine:
         # syntax on: the end token waits until the line or block can be complete (stops.EndGuard);
         # off only to measure what the guard changes
         self.hold_end = True
+        # how context from other files is laid out (fim.CONTEXT_LAYOUTS); others only to measure
+        self.context_layout = "auto"
         # texts fitting the context encoded lately: while a person types, the suffix and its
         # windows come back request after request
         self.encoded: OrderedDict[str, tuple[int, ...]] = OrderedDict()
@@ -181,9 +183,10 @@ class Engine:
         """The FIM prompt, with prefix and suffix cut to leave room for `max_tokens`, and the
         bytes the middle must start with: what the cursor mode took back from the prefix's end.
 
-        `request.extra` is context from other files, (filename, text) pairs: it goes before the
-        prefix as plain text, each chunk headed by a `# filename` comment, and is the first text
-        cut.
+        `request.extra` is context from other files, (path, text) pairs in prompt order: laid
+        out as the model's family expects (fim.context_ids, `context_layout`), its tokens are
+        kept out of the prefix's and suffix's share (up to half the window), and the pieces
+        farthest from the cursor are the first dropped when they do not fit.
         """
         self.check(request)
         mode = CURSOR_MODES[request.cursor_mode]
@@ -192,13 +195,18 @@ class Engine:
         if budget < 0:
             raise ValueError(f"max_tokens {max_tokens} leaves no room for a prompt in the model's "
                              f"{self.context}-token context")
-        head = "".join(f"# {name}\n{text.rstrip()}\n\n" for name, text in request.extra)
-        prefix, suffix = fim.fit_context(head + request.prefix, request.suffix,
-                                         lambda text: len(self.encode(text)), budget)
+        # at most half the window: the text around the cursor matters most
+        context = fim.context_ids(self.fim, request.extra, self.encode, budget // 2,
+                                  layout=self.context_layout, project=request.project,
+                                  path=request.path) if request.extra else None
+        used = len(context.ids) if context is not None else 0
+        prefix, suffix = fim.fit_context(request.prefix, request.suffix,
+                                         lambda text: len(self.encode(text)), budget - used)
         prefix_ids, forced = mode.cut(self.tokenizer, prefix, self.encode)
         if self.fim is None:  # a left-to-right prompt; an empty one starts at an end-of-text token
-            return Prompt(prefix_ids or sorted(self.end_ids)[:1] or [0], forced, mode)
-        return Prompt(self.fim.prompt(prefix_ids, self.encode(suffix)), forced, mode)
+            ids = [*(context.ids if context is not None else ()), *prefix_ids]
+            return Prompt(ids or sorted(self.end_ids)[:1] or [0], forced, mode)
+        return Prompt(self.fim.prompt(prefix_ids, self.encode(suffix), context), forced, mode)
 
     def encode(self, text: str) -> list[int]:
         """The text's ids, kept for the texts fitted lately: while a person types, the suffix and

@@ -14,8 +14,9 @@ text that changes is at the end of the prompt, so a cached prompt is reused up t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tokenfill.runtime.tokenizer import Tokenizer
 
@@ -32,16 +33,19 @@ class FimFormat:
     middle: str
     stops: tuple[str, ...]          # tokens that end the middle (those missing from a vocab are skipped)
     bos: str | None = None          # token that opens every prompt, if the family uses one
+    file_sep: str | None = None     # the family's token before each file of a repository
+    repo_name: str | None = None    # the family's token before the repository's name
 
 
 # Checked in this order; the first whose prefix, suffix and middle tokens all exist wins.
 FORMATS: dict[str, FimFormat] = {f.name: f for f in [
     FimFormat("qwen2.5-coder", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
               ("<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|im_end|>",
-               "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")),
+               "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+              file_sep="<|file_sep|>", repo_name="<|repo_name|>"),
     FimFormat("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>",
               ("<|endoftext|>", "<fim_pad>", "<file_sep>", "<fim_prefix>", "<fim_suffix>",
-               "<fim_middle>")),
+               "<fim_middle>"), file_sep="<file_sep>", repo_name="<repo_name>"),
     FimFormat("deepseek-coder", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
               ("<｜end▁of▁sentence｜>", "<|EOT|>"), bos="<｜begin▁of▁sentence｜>"),
     FimFormat("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", ("▁<EOT>", "</s>"), bos="<s>"),
@@ -61,10 +65,19 @@ class FimTokens:
     stops: frozenset[int]
     bos: int | None
     layout: str = "psm"
+    file_sep: int | None = None
+    repo_name: int | None = None
 
-    def prompt(self, prefix_ids: list[int], suffix_ids: list[int]) -> list[int]:
-        """The prompt in this layout; the model writes the middle after it."""
+    def prompt(self, prefix_ids: list[int], suffix_ids: list[int],
+               context: ContextIds | None = None) -> list[int]:
+        """The prompt in this layout; the model writes the middle after it. Context from other
+        files goes where `context` says: before the FIM tokens, or at the prefix's start."""
         head = [self.bos] if self.bos is not None else []
+        if context is not None and context.ids:
+            if context.before_fim:
+                head = [*head, *context.ids]
+            else:
+                prefix_ids = [*context.ids, *prefix_ids]
         if self.layout == "spm":
             return [*head, self.suffix, *suffix_ids, self.prefix, *prefix_ids, self.middle]
         return [*head, self.prefix, *prefix_ids, self.suffix, *suffix_ids, self.middle]
@@ -84,11 +97,76 @@ def detect(tokenizer: Tokenizer, layout: str = "psm") -> FimTokens:
             continue
         stops = frozenset(i for i in map(tokenizer.token_id, fmt.stops) if i is not None)
         bos = tokenizer.token_id(fmt.bos) if fmt.bos else None
-        return FimTokens(fmt, *ids, stops=stops, bos=bos, layout=layout)
+        file_sep = tokenizer.token_id(fmt.file_sep) if fmt.file_sep else None
+        repo_name = tokenizer.token_id(fmt.repo_name) if fmt.repo_name else None
+        return FimTokens(fmt, *ids, stops=stops, bos=bos, layout=layout, file_sep=file_sep,
+                         repo_name=repo_name)
     looked_for = "; ".join(f"{f.name}: {f.prefix} {f.suffix} {f.middle}" for f in FORMATS.values())
     raise FimUnsupportedError(
         "this checkpoint's tokenizer has no fill-in-the-middle tokens, so it cannot complete at a "
         f"cursor with a suffix. tokenfill needs a FIM-trained code model (looked for {looked_for})")
+
+
+# How context from other files is laid out:
+# - "auto": the family's repository layout where its tokenizer has a file separator (Qwen2.5-Coder:
+#   `<|repo_name|>name\n<|file_sep|>path\ntext\n ... <|file_sep|>current path\n` before the FIM
+#   tokens; StarCoder2: `<repo_name>name<file_sep>path\ntext ... <file_sep>`), else "comment";
+# - "comment": each piece under a `# path` comment, at the prefix's start, as if the file began
+#   with it (a model trained on single files has seen such text);
+# - "bare": the pieces' text alone at the prefix's start (only to measure what the headers add).
+CONTEXT_LAYOUTS = ("auto", "comment", "bare")
+
+
+@dataclass(frozen=True)
+class ContextIds:
+    ids: list[int]
+    before_fim: bool     # the family's repository layout: before the FIM tokens
+    pieces: int = 0      # how many of the pieces given fitted
+
+
+def context_ids(tokens: FimTokens | None, pieces: Sequence[tuple[str, str]],
+                encode: Callable[[str], list[int]], room: int, *, layout: str = "auto",
+                project: str | None = None, path: str | None = None) -> ContextIds:
+    """The pieces (path, text), in prompt order, as ids in the layout, within `room` tokens:
+    the pieces nearest the cursor (the last) are kept, those before them dropped first."""
+    if layout not in CONTEXT_LAYOUTS:
+        raise ValueError(f"unknown context layout {layout!r}; choose {', '.join(CONTEXT_LAYOUTS)}")
+    family = (tokens.format.name if tokens is not None and tokens.file_sep is not None
+              and layout == "auto" else None)
+    open_ids: list[int] = []
+    close_ids: list[int] = []
+    if family is not None:
+        newline = "\n" if family == "qwen2.5-coder" else ""
+        if tokens.repo_name is not None and project:
+            open_ids = [tokens.repo_name, *encode(Path(project).name + newline)]
+        blocks = [[tokens.file_sep, *encode(f"{name}\n{text.rstrip()}{newline}")]
+                  for name, text in pieces]
+        current = _relative(path, project) if family == "qwen2.5-coder" and path else ""
+        close_ids = [tokens.file_sep, *encode(f"{current}\n")] if current else [tokens.file_sep]
+    elif layout == "bare":
+        blocks = [encode(f"{text.rstrip()}\n\n") for _, text in pieces]
+    else:
+        blocks = [encode(f"# {name}\n{text.rstrip()}\n\n") for name, text in pieces]
+    used = len(open_ids) + len(close_ids)
+    kept: list[list[int]] = []
+    for block in reversed(blocks):
+        if used + len(block) > room:
+            break
+        kept.append(block)
+        used += len(block)
+    if not kept:
+        return ContextIds([], family is not None)
+    ids = [*open_ids, *(i for block in reversed(kept) for i in block), *close_ids]
+    return ContextIds(ids, family is not None, len(kept))
+
+
+def _relative(path: str, project: str | None) -> str:
+    if project:
+        try:
+            return Path(path).relative_to(project).as_posix()
+        except ValueError:
+            pass
+    return Path(path).as_posix()
 
 
 def fit_context(prefix: str, suffix: str, count: Callable[[str], int], budget: int,

@@ -17,7 +17,7 @@ from tokenfill.speculative import ngram_table
 from tokenfill.speculative.ngram_table import NGramTable
 
 MIN_COUNT, MIN_SHARE = 2, 0.3
-MAX_TOKENS = 20_000_000  # a workspace larger than this is counted in part
+MAX_TOKENS = 500_000  # a workspace larger than this is counted in part (~250 B a token at the peak)
 
 
 def workspace_table(index: WorkspaceIndex, tokenizer: Tokenizer) -> tuple[NGramTable, dict]:

@@ -22,6 +22,9 @@ from tokenizers import Tokenizer as HFTokenizer
 # indentation stay one piece, and the last space before a word joins the word).
 PRETOKENIZE_PATTERN = r" ?[\p{L}_][\p{L}\p{N}_]*| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}_]+|\s+(?!\S)|\s+"
 STARCODER_SPECIALS = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
+# StarCoder2's repository tokens (fim.py lays out other files' context with them), appended after
+# the trained vocabulary so that adding them to a trained tokenizer moves no other id
+REPOSITORY_SPECIALS = ["<file_sep>", "<repo_name>"]
 
 
 def _bytelevel_decoder() -> dict[str, int]:
@@ -195,8 +198,10 @@ class PrefixIndex:
         return [i for k in range(1, len(data) + 1) if (i := self.by_bytes.get(data[:k])) is not None]
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = True) -> Tokenizer:
-    """A byte-level BPE tokenizer for code with StarCoder-style FIM tokens (ids 0-4)."""
+def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = True,
+              repository_tokens: bool = False) -> Tokenizer:
+    """A byte-level BPE tokenizer for code with StarCoder-style FIM tokens (ids 0-4), and with
+    `repository_tokens` StarCoder2's `<file_sep>` and `<repo_name>` after the vocabulary."""
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated"),
@@ -207,4 +212,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, progress: bool = True) -
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=progress)
     tok.train_from_iterator(texts, trainer)
+    if repository_tokens:
+        with_repository_tokens(tok)
     return Tokenizer(tok)
+
+
+def with_repository_tokens(tok: HFTokenizer) -> HFTokenizer:
+    """`tok` with REPOSITORY_SPECIALS appended (those it lacks), in place."""
+    missing = [t for t in REPOSITORY_SPECIALS if tok.token_to_id(t) is None]
+    if missing:
+        tok.add_special_tokens(missing)
+    return tok

@@ -9,6 +9,11 @@ Superseding rule: a request that names its client supersedes that client's older
 in flight, which is aborted. The client is named by llama.cpp's `id_slot`, OpenAI's and Mistral's
 `user`, or the `X-Tokenfill-Client` header (any protocol). A request with none of these
 supersedes nothing. A client that disconnects aborts its own request, within one decode step.
+
+With `--workspace DIR`, the folder is indexed in the background once the model has loaded and
+every request gets context from it (context/workspace.py); a request naming its file (`path`,
+absolute or relative to DIR) never gets that file's chunks back. `/infill`'s timings and the
+log line say what was retrieved.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from tokenfill.completion.engine import Engine
+from tokenfill.context.workspace import Workspaces
 from tokenfill.paths import BUNDLED_MODEL, STATIC
 from tokenfill.serve import openapi
 from tokenfill.serve.protocols import llamacpp, mistral, ollama, openai
@@ -57,6 +63,8 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = ()              # Host header names served besides it
     cors_origins: tuple[str, ...] = ()               # web origins whose pages may call the API
     body_timeout_s: float = 30.0                     # a body that stops arriving this long: 408
+    workspace: Path | None = None                    # retrieved into every prompt (off: None)
+    context_tokens: int | None = None                # its budget (None: a quarter of the window)
 
     def served_hosts(self) -> frozenset[str] | None:
         """The names a request's Host header may give (port aside); None: any (the server is
@@ -175,6 +183,18 @@ async def openapi_json(request: Request) -> JSONResponse:
     return JSONResponse(openapi.document())
 
 
+def workspaces_for(settings: ServerSettings, engine: Engine) -> Workspaces | None:
+    """The server's workspace, indexing in the background (None without --workspace)."""
+    if settings.workspace is None:
+        return None
+    budget = engine.context // 4 if settings.context_tokens is None else settings.context_tokens
+    workspaces = Workspaces(budget=budget, count_tokens=lambda text: len(engine.tokenizer.encode(text)),
+                            tokenizer=engine.tokenizer if settings.speculative else None,
+                            on_table=engine.workspace_tables.__setitem__)
+    workspaces.add(settings.workspace)
+    return workspaces
+
+
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starlette:
     """The ASGI app; pass `engine` to serve an already loaded one (tests), else it loads."""
 
@@ -183,19 +203,23 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starle
         def load() -> None:
             try:
                 loaded = engine or Engine.load(settings.model, settings.dtype, require_fim=False)
+                app.state.workspaces = workspaces_for(settings, loaded)
                 app.state.worker = Worker(loaded, n_slots=settings.n_slots,
-                                          reuse=settings.cache_reuse)
+                                          reuse=settings.cache_reuse,
+                                          context=app.state.workspaces)
                 log.info("model %s ready (%s FIM)", loaded.name,
                          loaded.fim.format.name if loaded.fim else "no")
             except Exception as e:  # reported by /health and every completion route
                 app.state.load_error = f"{type(e).__name__}: {e}"
                 log.error("model failed to load: %s", app.state.load_error)
 
-        app.state.worker, app.state.load_error = None, None
+        app.state.worker, app.state.load_error, app.state.workspaces = None, None, None
         threading.Thread(target=load, name="tokenfill-load", daemon=True).start()
         yield
         if app.state.worker is not None:
             app.state.worker.close()
+        if app.state.workspaces is not None:
+            app.state.workspaces.close()
 
     routes = [*openai.ROUTES, *mistral.ROUTES, *llamacpp.ROUTES, *ollama.ROUTES,
               Route("/stats", stats, methods=["GET"]), Route("/", playground, methods=["GET"]),

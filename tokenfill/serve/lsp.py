@@ -10,7 +10,16 @@
 - Settings from `initializationOptions` or `workspace/didChangeConfiguration` (under `tokenfill`
   or flat): `model` (checkpoint directory), `serverUrl` (a running `tokenfill serve` to use
   instead of an in-process engine), `maxTokens`, `singleLine`, `debounceMs`, `cursorMode`
-  (`exact`, `heal` or `none`: how a cursor inside a token is handled).
+  (`exact`, `heal` or `none`: how a cursor inside a token is handled), `context` (false: the
+  open file alone) and `contextTokens` (the workspace context's budget; 0: a quarter of the
+  model's window, or 512 tokens with `serverUrl`).
+- Workspace context: the workspace folders (or the root) are indexed in the background
+  (context/workspace.py) and each completion gets what they define that the cursor's code uses,
+  and chunks like it, before the prefix; with `serverUrl` the context travels as `input_extra`.
+  The index follows `didChange` (the live text, once typing pauses), `didSave`, `didClose`,
+  `workspace/didChangeWatchedFiles` (registered when the client can) and folders added or
+  removed; a file outside the folders is never read. `tokenfill/context` shows what a position
+  would get.
 - Accepted and rejected completions are counted (an item's `tokenfill.accept` command, or llm-ls's
   `llm-ls/acceptCompletion` / `llm-ls/rejectCompletion`); `tokenfill/stats` returns the counts.
 - `llm-ls/getCompletions` is answered too, so llm.nvim, llm-vscode and llm-intellij work unchanged.
@@ -34,17 +43,21 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
+from pygls.uris import to_fs_path
 from pygls.workspace import TextDocument
 
 from tokenfill import __version__
 from tokenfill.completion.cursor_modes import CURSOR_MODES
 from tokenfill.completion.request import UNLIMITED_TOKENS, CompletionRequest
+from tokenfill.context.index import WorkspaceError
+from tokenfill.context.workspace import Workspaces, approx_tokens
 from tokenfill.paths import BUNDLED_MODEL
 from tokenfill.runtime.generate import Sampling
 from tokenfill.serve import lsp_io
 
 log = logging.getLogger("tokenfill.lsp")
 ACCEPT_COMMAND = "tokenfill.accept"
+REMOTE_CONTEXT_TOKENS = 512   # the context budget when the model's window is not known here
 
 
 @dataclass
@@ -55,6 +68,8 @@ class LspSettings:
     singleLine: bool = False      # noqa: N815
     debounceMs: int = 40          # noqa: N815
     cursorMode: str = "exact"     # noqa: N815
+    context: bool = True
+    contextTokens: int = 0        # noqa: N815 (0: automatic)
 
     def update(self, options: Any) -> None:
         """Take the settings given; a value of the wrong kind is logged and left out, so the
@@ -76,7 +91,7 @@ class LspSettings:
 
 
 _SETTING_KINDS = {"model": str, "serverUrl": str, "maxTokens": int, "singleLine": bool,
-                  "debounceMs": int, "cursorMode": str}
+                  "debounceMs": int, "cursorMode": str, "context": bool, "contextTokens": int}
 
 
 def setting_problem(key: str, value: Any) -> str:
@@ -90,6 +105,8 @@ def setting_problem(key: str, value: Any) -> str:
         return f"expected 1 to {UNLIMITED_TOKENS}"
     if key == "debounceMs" and not 0 <= value <= 10_000:
         return "expected 0 to 10000"
+    if key == "contextTokens" and not 0 <= value <= 1_000_000:
+        return "expected 0 (automatic) to 1000000"
     return ""
 
 
@@ -101,6 +118,7 @@ class Counts:
     cancelled: int = 0
     accepted: int = 0
     rejected: int = 0
+    context_chunks: int = 0       # pieces of workspace context sent with completions
 
 
 class InProcessBackend:
@@ -178,6 +196,7 @@ class TokenfillServer(LanguageServer):
         self.backend: asyncio.Future | None = None  # -> InProcessBackend | RemoteBackend
         self.latest: dict[str, int] = {}
         self.ids = itertools.count(1)
+        self.workspaces = Workspaces(budget=REMOTE_CONTEXT_TOKENS)
 
     def configure(self, options: Any) -> None:
         """Apply settings; a new model or server URL loads a new backend in a thread, so the
@@ -187,9 +206,48 @@ class TokenfillServer(LanguageServer):
         if self.backend is None or before != (self.settings.model, self.settings.serverUrl):
             self.backend = asyncio.ensure_future(self._load(self.backend, self.settings.model,
                                                             self.settings.serverUrl))
+        self.workspaces.configure(**self.context_options(self.loaded_backend()))
 
-    @staticmethod
-    async def _load(previous: asyncio.Future | None, model: str, url: str | None
+    def loaded_backend(self) -> InProcessBackend | RemoteBackend | None:
+        future = self.backend
+        if future is None or not future.done() or future.cancelled() or future.exception():
+            return None
+        return future.result()
+
+    def context_options(self, backend: InProcessBackend | RemoteBackend | None) -> dict:
+        """How the workspaces count and spend context tokens: by the in-process model's tokenizer
+        (and its window), which also counts their n-gram tables for the workspace drafter; by
+        an estimate for a remote server, whose engine fits the prompt in the end."""
+        if not isinstance(backend, InProcessBackend):
+            return {"budget": self.settings.contextTokens or REMOTE_CONTEXT_TOKENS,
+                    "count_tokens": approx_tokens, "tokenizer": None, "on_table": None}
+        engine = backend.worker.engine
+        return {"budget": self.settings.contextTokens or engine.context // 4,
+                "count_tokens": lambda text: len(engine.tokenizer.encode(text)),
+                "tokenizer": engine.tokenizer, "on_table": engine.workspace_tables.__setitem__}
+
+    def add_folder(self, path: str | None) -> None:
+        if path is None:
+            return
+        try:
+            self.workspaces.add(path)
+        except WorkspaceError as e:
+            log.warning("workspace folder left out: %s", e)
+
+    async def context(self, path: str, prefix: str, suffix: str
+                      ) -> tuple[tuple[tuple[str, str], ...], str | None]:
+        """The workspace context for a cursor in `path`, and the workspace's root."""
+        ws = self.workspaces.owner(path) if self.settings.context else None
+        if ws is None:
+            return (), None
+        got = await asyncio.to_thread(ws.retrieve, prefix, suffix, path)
+        self.counts.context_chunks += got.chunks
+        log.info("context for %s: %d chunks, %d tokens (%d definitions, %d similar%s), %.1f ms",
+                 path, got.chunks, got.tokens, got.definitions, got.similar,
+                 ", kept" if got.reused else "", got.ms)
+        return got.pieces, str(ws.root)
+
+    async def _load(self, previous: asyncio.Future | None, model: str, url: str | None
                     ) -> InProcessBackend | RemoteBackend:
         if previous is not None:
             try:
@@ -200,6 +258,7 @@ class TokenfillServer(LanguageServer):
                 old.close()
         backend = RemoteBackend(url) if url else await asyncio.to_thread(InProcessBackend, model)
         log.info("backend: %s", url or model)
+        self.workspaces.configure(**self.context_options(backend))
         return backend
 
     def document(self, uri: str) -> TextDocument:
@@ -223,6 +282,10 @@ class TokenfillServer(LanguageServer):
             doc = self.document(uri)
             offset = doc.offset_at_position(position)
             prefix, suffix = doc.source[:offset] + head, doc.source[offset:]
+            extra, root = await self.context(doc.path, prefix, suffix)
+            if self.latest.get(uri) != ticket:
+                self.counts.superseded += 1
+                return None
             texts: list[str] = []
             for i in range(n):
                 sampling = Sampling() if i == 0 else Sampling(temperature=0.7, top_p=0.95, seed=i)
@@ -232,7 +295,7 @@ class TokenfillServer(LanguageServer):
                     prefix=prefix, suffix=suffix, max_tokens=self.settings.maxTokens,
                     single_line=self.settings.singleLine, sampling=sampling,
                     cursor_mode=self.settings.cursorMode, invoked=not automatic, path=doc.path,
-                    project=self.workspace.root_path))
+                    project=root or self.workspace.root_path, extra=extra))
                 if self.latest.get(uri) != ticket:
                     self.counts.superseded += 1
                     return None
@@ -251,6 +314,62 @@ server = TokenfillServer()
 @server.feature(types.INITIALIZE)
 def initialize(ls: TokenfillServer, params: types.InitializeParams) -> None:
     ls.configure(params.initialization_options)
+
+
+@server.feature(types.INITIALIZED)
+async def initialized(ls: TokenfillServer, params: types.InitializedParams) -> None:
+    """Index the workspace folders (the root when the client names none), and ask the client
+    to tell of Python files created, changed or deleted outside the editor."""
+    folders = [to_fs_path(f.uri) for f in ls.workspace.folders.values()] or [ls.workspace.root_path]
+    for folder in folders:
+        ls.add_folder(folder)
+    caps = ls.client_capabilities.workspace
+    watched = caps.did_change_watched_files if caps is not None else None
+    if watched is not None and watched.dynamic_registration and len(ls.workspaces):
+        await ls.client_register_capability_async(types.RegistrationParams([types.Registration(
+            id="tokenfill-watch", method=types.WORKSPACE_DID_CHANGE_WATCHED_FILES,
+            register_options=types.DidChangeWatchedFilesRegistrationOptions(
+                watchers=[types.FileSystemWatcher(glob_pattern="**/*.py{,i}")]))]))
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
+def did_change_workspace_folders(ls: TokenfillServer,
+                                 params: types.DidChangeWorkspaceFoldersParams) -> None:
+    for folder in params.event.removed or []:
+        ls.workspaces.remove(to_fs_path(folder.uri))
+    for folder in params.event.added or []:
+        ls.add_folder(to_fs_path(folder.uri))
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: TokenfillServer, params: types.DidOpenTextDocumentParams) -> None:
+    ls.workspaces.touch(ls.document(params.text_document.uri).path)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: TokenfillServer, params: types.DidChangeTextDocumentParams) -> None:
+    """The live text is what other files' completions should see (once typing pauses)."""
+    doc = ls.document(params.text_document.uri)
+    ls.workspaces.touch(doc.path)
+    ls.workspaces.changed(doc.path, doc.source)
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: TokenfillServer, params: types.DidSaveTextDocumentParams) -> None:
+    ls.workspaces.changed(to_fs_path(params.text_document.uri))
+
+
+@server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: TokenfillServer, params: types.DidCloseTextDocumentParams) -> None:
+    """Unsaved edits are gone with the editor's buffer: the disk's text is indexed again."""
+    ls.workspaces.changed(to_fs_path(params.text_document.uri))
+
+
+@server.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+def did_change_watched_files(ls: TokenfillServer,
+                             params: types.DidChangeWatchedFilesParams) -> None:
+    for change in params.changes:
+        ls.workspaces.changed(to_fs_path(change.uri))
 
 
 @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -318,6 +437,19 @@ def llm_ls_reject(ls: TokenfillServer, params: Any) -> None:
     ls.counts.rejected += 1
 
 
+@server.feature("tokenfill/context")
+async def context(ls: TokenfillServer, params: Any) -> dict:
+    """What a completion at `position` in an open document would get from the workspace."""
+    doc = ls.document(params.textDocument.uri)
+    offset = doc.offset_at_position(types.Position(params.position.line,
+                                                   params.position.character))
+    extra, root = await ls.context(doc.path, doc.source[:offset], doc.source[offset:])
+    ws = ls.workspaces.owner(doc.path) if root else None
+    return {"workspace": root, "indexed": ws.ready.is_set() if ws else False,
+            "files": ws.index.file_count() if ws else 0,
+            "chunks": [{"path": path, "text": text} for path, text in extra]}
+
+
 @server.feature("tokenfill/stats")
 def stats(ls: TokenfillServer, params: Any) -> dict:
     return asdict(ls.counts)
@@ -341,4 +473,5 @@ def main() -> None:
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:
+        server.workspaces.close()
         server.shutdown()

@@ -4,6 +4,8 @@ Who runs next is the queue's business (first in, first out); how it runs is the 
 is aborted between two decode steps when its client goes away or when a newer job with the same
 key arrives (the newer one supersedes it). Events go back to the asyncio loop that submitted the
 job: ("text", piece) as text becomes final, then ("done", Completion) or ("error", message).
+With workspaces (context/workspace.py), each job's request gets its workspace's context just
+before it runs, so a job superseded while queued costs no retrieval either.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 from tokenfill.completion.engine import Completion, Engine
 from tokenfill.completion.request import CompletionRequest
+from tokenfill.context.retrieve import Retrieved
+from tokenfill.context.workspace import Workspaces
 from tokenfill.runtime.slots import SlotPool
 
 log = logging.getLogger("tokenfill.worker")
@@ -39,6 +43,7 @@ class Job:
     cancel_reason: str = ""
     submitted: float = field(default_factory=time.perf_counter)
     queue_ms: float = 0.0
+    retrieved: Retrieved | None = None       # the workspace context the request was given
 
     def cancel(self, reason: str) -> None:
         if not self.cancelled.is_set():
@@ -61,8 +66,10 @@ class WorkerStats:
 
 
 class Worker:
-    def __init__(self, engine: Engine, *, n_slots: int = 4, reuse: bool = True):
+    def __init__(self, engine: Engine, *, n_slots: int = 4, reuse: bool = True,
+                 context: Workspaces | None = None):
         self.engine = engine
+        self.context = context
         self.slots = SlotPool(engine.model, n_slots, engine.context)
         self.reuse = reuse
         self.stats = WorkerStats()
@@ -98,6 +105,8 @@ class Worker:
                     job.emit("done", result)
                     continue
                 request = job.request if self.reuse else replace(job.request, reuse=False)
+                if self.context is not None:
+                    request, job.retrieved = self.context.augment(request)
                 result = self.engine.complete(request, slots=self.slots,
                                               abort=job.cancelled.is_set,
                                               on_text=lambda piece: job.emit("text", piece))
@@ -142,15 +151,19 @@ def log_job(job: Job, result: Completion) -> None:
         log.info("%s completion: none, %s: queue=%.1fms engine=%.1fms", job.id, result.skipped,
                  job.queue_ms, result.total_ms)
         return
+    got = job.retrieved
+    context = (f" context={got.chunks} chunks/{got.tokens} tokens ({got.definitions} definitions, "
+               f"{got.similar} similar{', kept' if got.reused else ''}) {got.ms:.1f}ms"
+               if got is not None else "")
     mode = job.request.cursor_mode
     cursor = (f" cursor={mode}" + (f" ({result.cursor_ms:.1f}ms, {result.cursor_passes} passes, "
                                    "prompt included)" if result.cursor_passes else ""))
     drafts = (f", {result.forwards} passes, drafts {result.accepted}/{result.drafted} accepted, "
               f"{result.mean_accepted:.2f} per pass"
               if result.by_drafter is not None else f", {result.forwards} passes")
-    log.info("%s completion: queue=%.1fms prompt=%.1fms (%d of %d tokens evaluated)%s "
+    log.info("%s completion: queue=%.1fms%s prompt=%.1fms (%d of %d tokens evaluated)%s "
              "generation=%.1fms (%d tokens%s)%s engine=%.1fms %s%s", job.id, job.queue_ms,
-             result.prefill_ms, result.prompt_evaluated, result.prompt_tokens, cursor,
+             context, result.prefill_ms, result.prompt_evaluated, result.prompt_tokens, cursor,
              result.decode_ms, result.tokens, drafts,
              (f" syntax={result.mode}" + (f" ({result.members} members)" if result.members else ""))
              if result.mode else "", result.total_ms, result.finish_reason,

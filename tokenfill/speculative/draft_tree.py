@@ -51,11 +51,14 @@ class AcceptanceRates:
 class PassCost:
     """Seconds a forward pass of T tokens takes. A pass of one token (a plain step) costs what
     such passes were seen to cost (a running mean); a tree of T > 1 tokens costs a + b*T, fitted
-    by least squares to the trees timed (older ones count less and less), starting from a prior
-    line: b = `slope` * a, put in seconds by the first pass timed. Apart, since one token takes a
+    by least squares to the trees timed (older ones count less and less, by every pass timed),
+    starting from a prior line: b = `slope` * a, put in seconds by the first pass timed, which
+    plain steps keep adding back at their cost. Apart, since one token takes a
     cheaper path through the matrix products than two."""
 
     MAX_SLOPE = 0.25  # a bound well above the slopes seen (BENCHMARKS.md, pass costs)
+    PATIENCE = 32     # plain steps in a row after which the tree fit drifts to the prior,
+    DRIFT = 0.9       # keeping this much of the fit at each further plain step
 
     def __init__(self, slope: float = 0.03, prior: float = 4.0, decay: float = 0.98):
         self.decay = decay
@@ -63,6 +66,7 @@ class PassCost:
         self.sums: list[float] | None = None  # n, sum T, sum T^2, sum y, sum T*y
         self.step: float | None = None        # seconds for one token
         self._line: tuple[float, float] | None = None  # (a, b), until the next pass is timed
+        self.plain = 0                                 # plain steps since the last tree
 
     def observe(self, T: int, seconds: float) -> None:
         self._line = None
@@ -73,7 +77,17 @@ class PassCost:
                 self._add(t, a * (1 + self.slope * t), self.prior)
         if T == 1:
             self.step = seconds if self.step is None else 0.9 * self.step + 0.1 * seconds
+            # while no tree is timed, the fit drifts back to the prior line at today's step
+            # cost: a few slow tree passes (a busy machine) would otherwise make trees look
+            # dear for good, cut every tree to nothing, and so never be timed again
+            self.plain += 1
+            if self.plain > self.PATIENCE:
+                self.sums = [x * self.DRIFT for x in self.sums]
+                for t in (1, 64):
+                    self._add(t, self.step * (1 + self.slope * t),
+                              (1 - self.DRIFT) * self.prior / 2)
             return
+        self.plain = 0
         self.sums = [x * self.decay for x in self.sums]
         self._add(T, seconds, 1.0)
 

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenfill.context.index import chunk_spans
 from tokenfill.paths import CORPUS_MANIFEST, HELDOUT_MANIFEST
 
 DEFAULT_MANIFEST = CORPUS_MANIFEST
@@ -251,10 +252,11 @@ def clean(raw: bytes, path: str = "") -> str | None:
     return reject_reason(raw, path)[0]
 
 
-def _clean_job(item: tuple[str, str, bytes, frozenset[str]]) -> tuple[str, str, str | None, str]:
+def _clean_job(item: tuple[str, str, bytes, frozenset[str]]
+               ) -> tuple[str, str, str | None, str, list | None]:
     source, path, raw, folders = item
     text, why = reject_reason(raw, path, folders)
-    return source, path, text, why
+    return source, path, text, why, chunk_spans(text) if text is not None else None
 
 
 # --- near duplicates -------------------------------------------------------------------------
@@ -388,7 +390,7 @@ def build(manifest: Manifest, out: Path, *, cache: Path = DEFAULT_CACHE,
     try:
         with open(tmp, "w") as f, gzip.open(index_path, "wt") as index:
             index.write("source\tpath\tsha256\tchars\toutcome\n")
-            for source, path, text, why in tqdm(cleaned, desc="reading sources", unit="file",
+            for source, path, text, why, spans in tqdm(cleaned, desc="reading sources", unit="file",
                                                 disable=not progress):
                 stats.seen += 1
                 digest = hashlib.sha256((text or "").strip().encode()).hexdigest()
@@ -396,7 +398,10 @@ def build(manifest: Manifest, out: Path, *, cache: Path = DEFAULT_CACHE,
                                    reasons)
                 index.write(f"{source}\t{path}\t{digest}\t{len(text or '')}\t{outcome}\n")
                 if outcome in ("train", "heldout"):
-                    f.write(json.dumps({"source": path, "split": outcome, "text": text}) + "\n")
+                    # the syntax chunks go along: training gives samples the context the
+                    # workspace retriever would, from other files, without parsing them again
+                    f.write(json.dumps({"source": path, "split": outcome, "text": text,
+                                        "chunks": spans}) + "\n")
                     stats.kept += 1
                     stats.chars += len(text)
                     stats.sources[source] = stats.sources.get(source, 0) + len(text)
@@ -457,6 +462,13 @@ def documents(path: Path) -> Iterator[dict]:
 def read(path: Path, split: str) -> list[str]:
     """The texts of one split of a built corpus (see `documents`)."""
     return [doc["text"] for doc in documents(path) if doc["split"] == split]
+
+
+def read_with_paths(path: Path, split: str) -> tuple[list[str], list[str], list[list | None]]:
+    """The paths (`package-version/...`), texts and syntax chunks (None where a corpus built
+    before they were kept lacks them) of one split of a built corpus."""
+    docs = [doc for doc in documents(path) if doc["split"] == split]
+    return [d["source"] for d in docs], [d["text"] for d in docs], [d.get("chunks") for d in docs]
 
 
 def shard(path: Path, folder: Path, max_bytes: int = 16 << 20, workers: int = 2,

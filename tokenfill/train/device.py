@@ -3,7 +3,8 @@
 A lent GPU machine takes the checkout plus at most `MAX_CARRY` bytes in all, reaches no network,
 and sends back at most 8 files of 16 MiB. So everything that needs no GPU is done here first,
 and `bundle` lays what the run needs in one ignored folder (`runs/device`):
-- `tokenizer.json`, the 16,384-token BPE trained here on the corpus (corpus/tokenizer.json);
+- `tokenizer.json`, the 16,384-token BPE trained here on the corpus, with the two repository
+  tokens after it (corpus/tokenizer.json);
 - `wheels/`, the held-out packages' wheels, so that the machine's own installed packages (the
   run reads them, `--environment`) are checked against them offline;
 - `benchmark/`, the benchmark data every corpus is checked against;
@@ -24,7 +25,7 @@ from tokenfill.train import corpus
 MAX_CARRY = 64 << 20
 DEFAULT_FOLDER = REPO_ROOT / "runs" / "device"
 TOKENIZER = REPO_ROOT / "corpus" / "tokenizer.json"  # the next model's (BENCHMARKS.md: tokenizer)
-SHARDS = REPO_ROOT / "runs" / "corpus2" / "shards"
+SHARDS = REPO_ROOT / "runs" / "corpus3" / "shards"
 
 
 def tree_bytes(root: Path = REPO_ROOT) -> int:

@@ -90,6 +90,7 @@ class TrainArgs:
     eval_batches: int = 8
     save_every: int = 100
     shard_mib: float = 16              # exported weight files of at most this size
+    repo_rate: float = 0.3             # FIM samples given other files' context (training_data)
     ngrams: bool = True                # build the corpus drafter's table beside the export
     seed: int = 1234
     resume: bool = True
@@ -188,7 +189,8 @@ def prepare(args: TrainArgs) -> tuple[list[Path], Tokenizer]:
     if not tok_path.exists():
         print(f"training a {args.vocab_size}-token BPE tokenizer")
         texts = [t for path in corpora for t in corpus.read(path, "train")]
-        tok = train_bpe(texts, args.vocab_size, progress=args.progress)
+        tok = train_bpe(texts, args.vocab_size, progress=args.progress,
+                        repository_tokens=True)
         tok.save(tok_path)
     return corpora, Tokenizer.from_file(tok_path)
 
@@ -197,14 +199,16 @@ class BatchSource(torch.utils.data.IterableDataset):
     """Endless training batches; with several loader workers each draws its own sample stream."""
 
     def __init__(self, docs: list[str], tok: Tokenizer, fim_tokens, eot: int, mix: FimMix,
-                 seed: int, batch_size: int, seq_len: int):
+                 seed: int, batch_size: int, seq_len: int, paths: list[str] | None = None,
+                 spans: list[list | None] | None = None):
         self.args = (docs, tok, fim_tokens, eot, mix)
+        self.paths, self.spans = paths, spans
         self.seed, self.batch_size, self.seq_len = seed, batch_size, seq_len
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         seed = self.seed if info is None else self.seed * 1000 + info.id
-        stream = SampleStream(*self.args, seed=seed)
+        stream = SampleStream(*self.args, seed=seed, paths=self.paths, spans=self.spans)
         while True:
             yield stream.batch(self.batch_size, self.seq_len)
 
@@ -263,14 +267,15 @@ def build_network(args: TrainArgs, tok: Tokenizer) -> torch.nn.ModuleDict:
         with torch.no_grad():
             for p in model.parameters():
                 p.data = p.data.contiguous()
-        if model.config.vocab_size != tok.vocab_size:
+        if model.config.vocab_size != padded_vocab(tok.vocab_size):
             raise ValueError(f"{args.init} has a {model.config.vocab_size}-token vocabulary, the "
-                             f"tokenizer {tok.vocab_size}")
+                             f"tokenizer {tok.vocab_size} (padded: {padded_vocab(tok.vocab_size)})")
         heads = load_heads(args.init, model.config.hidden_size) if args.heads else None
         if heads is not None and len(heads) != args.heads:
             heads = None  # another count: the heads start afresh
     else:
-        config = ModelConfig(vocab_size=tok.vocab_size, max_position_embeddings=args.seq_len,
+        config = ModelConfig(vocab_size=padded_vocab(tok.vocab_size),
+                             max_position_embeddings=args.seq_len,
                              tie_word_embeddings=True, **PRESETS[args.preset])
         model = Transformer.init_random(config, seed=args.seed)
         heads = None
@@ -280,6 +285,12 @@ def build_network(args: TrainArgs, tok: Tokenizer) -> torch.nn.ModuleDict:
     if heads is not None:
         net["heads"] = heads.float()
     return net.train()
+
+
+def padded_vocab(size: int) -> int:
+    """The model's vocabulary: the tokenizer's, rounded up to a multiple of 64 (matrix shapes the
+    GPU's kernels prefer; the engine never picks an id the tokenizer lacks)."""
+    return -(-size // 64) * 64
 
 
 def train(args: TrainArgs) -> dict:
@@ -298,10 +309,16 @@ def train(args: TrainArgs) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
-    train_docs = [t for path in corpora for t in corpus.read(path, "train")]
-    heldout_docs = [t for path in corpora for t in corpus.read(path, "heldout")]
-    mix = FimMix()
-    heldout = SampleStream(heldout_docs, tok, fim_tokens, eot, mix, seed=0)
+    train_paths, train_docs, train_spans = [], [], []
+    heldout_paths, heldout_docs, heldout_spans = [], [], []
+    for path in corpora:
+        for split, lists in (("train", (train_paths, train_docs, train_spans)),
+                             ("heldout", (heldout_paths, heldout_docs, heldout_spans))):
+            for into, values in zip(lists, corpus.read_with_paths(path, split)):
+                into += values
+    mix = FimMix(repo_rate=args.repo_rate)
+    heldout = SampleStream(heldout_docs, tok, fim_tokens, eot, mix, seed=0, paths=heldout_paths,
+                           spans=heldout_spans)
     eval_batches = [heldout.batch(args.batch_size, args.seq_len) for _ in range(args.eval_batches)]
 
     state_dir = args.run / "state"
@@ -311,7 +328,7 @@ def train(args: TrainArgs) -> dict:
         meta = load_state(state_dir, net, opt)
         print(f"resumed from {state_dir} at step {meta['step']}")
     source = BatchSource(train_docs, tok, fim_tokens, eot, mix, args.seed + meta["step"],
-                         args.batch_size, args.seq_len)
+                         args.batch_size, args.seq_len, paths=train_paths, spans=train_spans)
     train_batches = batches(args, source)
     network = torch.compile(model) if args.compile else model
 

@@ -79,11 +79,23 @@ def result_body(request: Request, result) -> dict:
                     "draft_n": result.drafted, "draft_n_accepted": result.accepted,
                     # tokenfill's own: decoding passes, draft tokens accepted per pass
                     "forwards": result.forwards,
-                    "draft_mean_accepted": round(result.mean_accepted, 3)},
+                    "draft_mean_accepted": round(result.mean_accepted, 3),
+                    # tokenfill's own: the workspace context retrieved into the prompt
+                    **context_timings(request)},
         "tokens_cached": result.prompt_tokens - result.prompt_evaluated,
         "tokens_evaluated": result.prompt_evaluated, "truncated": False,
         "declined": result.skipped,  # tokenfill: why syntax-aware completion made none ("": it did)
     }
+
+
+def context_timings(request: Request) -> dict:
+    """What the server's workspace added to this request's prompt (none without --workspace)."""
+    job = getattr(request.state, "job", None)
+    got = job.retrieved if job is not None else None
+    if got is None:
+        return {}
+    return {"context_n": got.chunks, "context_tokens": got.tokens,
+            "context_ms": round(got.ms, 3)}
 
 
 async def infill(request: Request):
