@@ -82,6 +82,12 @@ def context(args: argparse.Namespace) -> str:
     return context.run(args.model, per_kind=args.per_kind)
 
 
+def gate(args: argparse.Namespace) -> str:
+    from benchmarks import gate
+
+    return gate.run(args.model, per_kind=args.per_kind, humaneval=args.limit or 300)
+
+
 def fuzz(args: argparse.Namespace) -> str:
     from benchmarks import fuzz
 
@@ -90,7 +96,7 @@ def fuzz(args: argparse.Namespace) -> str:
 
 BENCHES = {"fuzz": fuzz, "runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
            "cursor": cursor, "speculative": speculative, "syntax": syntax, "endings": endings,
-           "sizing": sizing, "tokenizer": tokenizer, "context": context}
+           "sizing": sizing, "tokenizer": tokenizer, "context": context, "gate": gate}
 
 
 TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench yet
@@ -106,6 +112,7 @@ TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench ye
     "sizing": "Model size against the typing budget",
     "tokenizer": "Tokenizer vocabulary size",
     "context": "Repository context: with and without the workspace index",
+    "gate": "The confidence gate: what is shown, and the compute it saves",
 }
 
 
@@ -118,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-write", action="store_true",
                    help="print the table only; leave BENCHMARKS.md as it is")
     p.add_argument("--limit", type=int, default=0,
-                   help="humaneval: at most this many tasks; endings: HumanEval rows (200)")
+                   help="humaneval: at most this many tasks; endings: HumanEval rows (200); "
+                        "gate: HumanEval single-line rows (300)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="runtime: the dtype to measure (auto: both); humaneval: as for complete")
     p.add_argument("--files", type=int, default=12, help="typing: held-out files to type in")
@@ -130,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cursor: holes per token kind (identifier, number, operator, "
                         "indentation); speculative: holes per kind (block-body, multi-line, "
                         "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
-                        "block-body, dot-identifier); endings, context: the same kinds")
+                        "block-body, dot-identifier); endings, context, gate: the same kinds")
     p.add_argument("--vocab", type=int, default=16384, help="sizing: the vocabulary size")
     p.add_argument("--corpus", type=Path, default=None,
                    help="tokenizer: a built corpus (file or folder of shards) to train on")

@@ -61,6 +61,7 @@ def run(model: Path, per_kind: int = 50, suffix_holes: int = 100, seed: int = 0,
                                                                           seed)]
     suffix = holes.suffix_pairs(files, suffix_holes, seed)
     engine = Engine.load(model)
+    engine.gate = None  # every completion is measured here; the gate has a bench of its own
     engine.complete(CompletionRequest(prefix="import os\n", suffix="", max_tokens=4))  # warm up
     hits: dict[tuple[str, str, str], list[bool]] = defaultdict(list)  # (mode, kind, side)
     similar: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # edit similarity

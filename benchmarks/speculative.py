@@ -67,6 +67,7 @@ def bench_holes(per_kind: int, seed: int) -> list[holes.Hole]:
 def run(model: Path, per_kind: int = 30, max_tokens: int = 128, seed: int = 0,
         compare_transformers: bool = True, progress: bool = True, plot: Path | None = PLOT) -> str:
     engine = Engine.load(model, dtype="fp32")
+    engine.gate = None  # every completion is measured here; the gate has a bench of its own
     hf = _transformers(model) if compare_transformers else None
     rows: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     by_drafter: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

@@ -23,9 +23,12 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 # Workspace indexes that tests (and the servers they start) make go to a folder of this run's,
-# not the user's cache.
+# not the user's cache;
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="tokenfill-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
+# and the language server's telemetry and refitted gates, likewise
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="tokenfill-test-state-")
+atexit.register(shutil.rmtree, os.environ["XDG_STATE_HOME"], True)
 
 SNIPPETS = [
     "def add(a, b):\n    return a + b\n",

@@ -194,3 +194,41 @@ def test_demo_runs(model_dir):
     result = run("demo", "--model", model_dir, "--max-tokens", 4)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("completion (") == 4
+
+
+def test_gate_fits_refits_and_gates_completions(tmp_path, model_dir):
+    import os
+    import random
+    import shutil
+
+    from tokenfill.completion.confidence import FEATURES
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    rng = random.Random(0)
+    with open(tmp_path / "telemetry.jsonl", "w") as f:
+        for _ in range(60):
+            accepted = rng.random() < 0.5
+            features = {n: rng.gauss(0, 1) for n in FEATURES}
+            features["mean_logprob"] = rng.gauss(-0.2 if accepted else -2.0, 0.4)
+            f.write(json.dumps({"accepted": accepted, "features": features}) + "\n")
+    result = run("gate", "--model", model, "--telemetry", tmp_path / "telemetry.jsonl", env=env)
+    assert result.returncode == 0, result.stderr
+    mine = tmp_path / "state" / "tokenfill" / "gates" / "model" / "gate.json"
+    assert mine.is_file() and not (model / "gate.json").exists()   # the person's, not the model's
+    source = tmp_path / "main.py"
+    source.write_text("def add(a, b):\n    return \n")
+    args = ("complete", source, "--line", 2, "--column", 12, "--model", model, "--max-tokens", 4,
+            "--no-context")
+    shown = run(*args, env=env)
+    assert shown.returncode == 0 and "confidence 0." in shown.stderr, shown.stderr
+    held = run(*args, "--min-confidence", 1.0, env=env)
+    assert held.returncode == 0 and "not shown: low confidence" in held.stderr, held.stderr
+    corpus_file = tmp_path / "corpus.jsonl"
+    corpus_file.write_text(json.dumps({"source": "p/a.py", "split": "heldout",
+                                       "text": "x = 1\ny = 2\n"}) + "\n")
+    few = run("gate", "--model", model, "--corpus", corpus_file, "--per-kind", 1, env=env)
+    assert few.returncode == 2 and "both kinds" in few.stderr, few.stderr
+    missing = run("gate", "--model", model, "--corpus", tmp_path / "none", env=env)
+    assert missing.returncode == 2 and "no such corpus" in missing.stderr

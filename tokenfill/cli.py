@@ -27,6 +27,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     add_cursor_option(p)
     add_speculative_option(p)
     add_syntax_option(p)
+    add_confidence_option(p, "; given, completions are gated as automatic ones are, else "
+                             "every one is shown with its score")
+
+
+def add_confidence_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--min-confidence", type=float, default=None, metavar="SCORE",
+                   help="show a completion only at this confidence score (0 to 1) or more; 0 "
+                        "shows all; default: the threshold of the model's gate" + what)
 
 
 def add_syntax_option(p: argparse.ArgumentParser, what: str = "") -> None:
@@ -106,6 +114,8 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     add_cursor_option(p, " (for requests without a cursor_mode field)")
     add_speculative_option(p, " (for requests without a speculative field)")
     add_syntax_option(p, " (for requests without a syntax field)")
+    add_confidence_option(p, " (for requests without a min_confidence field; a request the "
+                             "client marks invoked is never held back)")
     add_context_options(p, "default: none")
 
 
@@ -254,6 +264,8 @@ def request_of(args: argparse.Namespace, prefix: str, suffix: str, **more):
 
     if args.max_tokens < 1:
         raise UsageError("--max-tokens must be at least 1")
+    if args.min_confidence is not None:  # gated as an editor's automatic request is
+        more = {**more, "invoked": False, "min_confidence": args.min_confidence}
     try:
         return CompletionRequest(
             prefix=prefix, suffix=suffix, max_tokens=args.max_tokens,
@@ -345,7 +357,11 @@ def cmd_complete(args: argparse.Namespace) -> int:
     if spaces is not None:
         request, _ = spaces.augment(request)
         spaces.close()
-    print(engine.complete(request).text)
+    result = engine.complete(request)
+    if result.confidence is not None:
+        print(f"confidence {result.confidence:.3f}" + (f", not shown: {result.skipped}"
+                                                       if result.skipped else ""), file=sys.stderr)
+    print(result.text)
     return 0
 
 
@@ -383,6 +399,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
             result = engine.complete(request)
             task.update(completion=result.text, ms=round((time.perf_counter() - start) * 1000, 2),
                         tokens=result.tokens, forwards=result.forwards)
+            if result.confidence is not None:
+                task.update(confidence=round(result.confidence, 4))
+            if result.skipped:
+                task.update(declined=result.skipped)
             if spaces is not None:
                 task.update(context={"chunks": got.chunks, "tokens": got.tokens,
                                      "ms": round(got.ms, 2)})
@@ -465,6 +485,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
     if args.context_tokens is not None and args.context_tokens < 0:
         raise UsageError("--context-tokens must be 0 or more")
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise UsageError("--min-confidence must be from 0 to 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     process.few_arenas()
     settings = ServerSettings(model=args.model, dtype=args.dtype, api_key=args.api_key,
@@ -475,7 +497,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               host=args.host, allowed_hosts=tuple(args.allowed_host),
                               cors_origins=tuple(args.cors_origin),
                               body_timeout_s=args.body_timeout, workspace=workspace,
-                              context_tokens=args.context_tokens)
+                              context_tokens=args.context_tokens,
+                              min_confidence=args.min_confidence)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
                 http=with_header_timeout(args.header_timeout))
     return 0
@@ -571,6 +594,65 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def gate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
+                   help="the checkpoint whose gate is fitted (default: the bundled model)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", type=Path,
+                        help="a built corpus (file or shard folder): its held-out split's files, "
+                             "which the model never trained on, give the holes")
+    source.add_argument("--telemetry", type=Path,
+                        help="the language server's saved outcomes: refit to what this person "
+                             "accepted (written to their own gates folder, not the model's)")
+    p.add_argument("--per-kind", type=int, default=150,
+                   help="holes of each kind to complete (default 150)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None,
+                   help="where gate.json goes (default: beside the model; with --telemetry, "
+                        "the person's gates folder)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from tokenfill.completion.confidence import Gate, user_gates
+    from tokenfill.eval import gate as fitting
+    from tokenfill.train import corpus
+
+    if not (args.model / "config.json").is_file():
+        raise UsageError(f"{args.model}: no config.json there (not a checkpoint)")
+    if args.telemetry is not None:
+        if not args.telemetry.is_file():
+            raise UsageError(f"{args.telemetry}: no such file")
+        try:
+            gate = fitting.from_telemetry(args.telemetry, Gate.for_model(args.model))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        out = args.out or user_gates() / args.model.resolve().name
+    else:
+        if not args.corpus.exists():
+            raise UsageError(f"{args.corpus}: no such corpus (tokenfill corpus builds one)")
+        if args.per_kind < 1:
+            raise UsageError("--per-kind must be at least 1")
+        paths, texts, _ = corpus.read_with_paths(args.corpus, "heldout")
+        if not texts:
+            raise UsageError(f"{args.corpus}: no held-out files to fit on")
+        args.max_tokens = 1  # load_engine reads only the model options
+        engine = load_engine(args)
+        engine.gate = None  # completions are observed ungated
+        observed = fitting.observe(engine, list(zip(paths, texts)), args.per_kind, args.seed)
+        try:
+            gate = fitting.calibrate(observed, f"{args.per_kind} holes of each kind from the "
+                                               f"held-out split of {args.corpus}")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        out = args.out or args.model
+    out.mkdir(parents=True, exist_ok=True)
+    path = gate.save(out)
+    print(f"{path}: threshold {gate.threshold:.3f}, exit under {gate.exit_threshold:.3f}; "
+          + ", ".join(f"{k} {v}" for k, v in gate.fitted.items() if k != "refitted_from"))
+    return 0
+
+
 def cmd_ngrams(args: argparse.Namespace) -> int:
     from tokenfill.train import ngrams
 
@@ -617,6 +699,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {  # name: (help, argument
         eval_arguments, cmd_eval),
     "corpus": ("build the training corpus and print what it holds",
         corpus_arguments, cmd_corpus),
+    "gate": ("fit a model's confidence gate on held-out code, or refit it to what you accepted",
+        gate_arguments, cmd_gate),
     "ngrams": ("build the corpus drafter's n-gram table beside a model "
                        "(speculative decoding)",
         ngrams_arguments, cmd_ngrams),

@@ -7,8 +7,14 @@ import os
 
 import pytest
 
-from tokenfill.context.index import (WorkspaceError, WorkspaceIndex, chunk_file, chunk_spans,
-                                     chunks_from_spans, words)
+from tokenfill.context.index import (
+    WorkspaceError,
+    WorkspaceIndex,
+    chunk_file,
+    chunk_spans,
+    chunks_from_spans,
+    words,
+)
 
 PARSER = '''"""Parsing headers."""
 import re

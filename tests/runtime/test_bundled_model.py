@@ -31,6 +31,16 @@ def test_bundled_model_completes_with_starcoder_fim():
     assert result.tokens >= 1 and "\n" not in result.text
 
 
+def test_bundled_model_ships_a_calibrated_gate():
+    engine = Engine.load(BUNDLED_MODEL, dtype="fp32")
+    gate = engine.gate
+    assert gate is not None and 0 < gate.exit_threshold <= gate.threshold < 1
+    assert gate.fitted["precision_at_threshold"] > 2 * gate.fitted["ungated_precision"]
+    sure = engine.complete(CompletionRequest(prefix="import os\nimport sys\n\n\ndef main():\n",
+                                             suffix="", max_tokens=16, invoked=True))
+    assert sure.confidence is not None and 0 <= sure.confidence <= 1
+
+
 def test_bundled_model_cached_logits_equal_reference():
     model = load_model(BUNDLED_MODEL, torch.float32)
     tokens = torch.randint(0, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
@@ -50,9 +60,10 @@ def test_bundled_model_speculative_greedy_equals_plain():
         cut = source.index("\n", cut) + 1
         plain = engine.complete(CompletionRequest(prefix=source[:cut], suffix=source[cut:],
                                                   max_tokens=48, cursor_mode="none",
-                                                  speculative=False))
+                                                  speculative=False, min_confidence=0.0))
         fast = engine.complete(CompletionRequest(prefix=source[:cut], suffix=source[cut:],
-                                                 max_tokens=48, cursor_mode="none"))
+                                                 max_tokens=48, cursor_mode="none",
+                                                 min_confidence=0.0))
         assert fast.text == plain.text
         accepted += fast.accepted
     assert accepted > 0

@@ -375,3 +375,36 @@ def test_a_bad_workspace_stops_the_server_with_a_clear_message(chatty_model_dir,
                              str(chatty_model_dir), "--workspace", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_the_confidence_gate_holds_back_scores_and_counts(chatty_model_dir, tmp_path):
+    import shutil
+
+    from tokenfill.completion.confidence import Gate
+
+    model = tmp_path / "gated"
+    shutil.copytree(chatty_model_dir, model)
+    Gate({}, -1.0, {}, {}, threshold=0.5, exit_threshold=0.0).save(model)  # scores 0.27
+    srv = Server(model, tmp_path / "server.log", "--cursor-mode", "none")
+    try:
+        body = {"input_prefix": "x = ", "n_predict": 4}
+        held = httpx.post(srv.url + "/infill", json=body).json()
+        assert held["content"] == "" and held["declined"] == "low confidence"
+        assert abs(held["confidence"] - 0.269) < 0.01
+        line = srv.log_line(httpx.post(srv.url + "/infill", json=body).headers["x-request-id"])
+        assert "none, low confidence: confidence=0.269" in line
+        asked = httpx.post(srv.url + "/infill", json={**body, "invoked": True}).json()
+        assert asked["content"] and asked["timings"]["confidence"] == held["confidence"]
+        shown = httpx.post(srv.url + "/infill", json={**body, "min_confidence": 0.2}).json()
+        assert shown["content"] and not shown["declined"]
+        bad = httpx.post(srv.url + "/infill", json={**body, "min_confidence": 2})
+        assert bad.status_code == 400 and "min_confidence" in bad.text
+        openai = httpx.post(srv.url + "/v1/completions", json={
+            "prompt": "y = ", "max_tokens": 3, "logprobs": 1, "min_confidence": 0}).json()
+        choice = openai["choices"][0]
+        assert choice["confidence"] == held["confidence"]
+        assert len(choice["logprobs"]["token_logprobs"]) == 3
+        assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+        assert httpx.get(srv.url + "/stats").json()["worker"]["declined"]["low confidence"] == 2
+    finally:
+        srv.stop()

@@ -224,3 +224,34 @@ def test_a_bad_setting_is_left_out_and_completions_go_on(raw):
     assert raw.inline_completion(URI, 0, 4)["result"]
     log = raw.close()
     assert "ignored setting maxTokens='abc'" in log and "ignored setting cursorMode='fuzzy'" in log
+
+
+@pytest.mark.asyncio
+async def test_outcomes_are_saved_locally_and_the_gate_holds_back(client: LanguageClient,
+                                                                   request, tmp_path):
+    import os
+    import shutil
+    from pathlib import Path
+
+    from tokenfill.completion.confidence import Gate
+
+    saved = Path(os.environ["XDG_STATE_HOME"]) / "tokenfill" / "telemetry.jsonl"
+    before = saved.read_text().splitlines() if saved.exists() else []
+    open_doc(client, "x = \n")
+    items = await inline(client, 0, 4)
+    await client.workspace_execute_command_async(types.ExecuteCommandParams(
+        "tokenfill.accept", [items[0].insert_text, None]))
+    assert await inline(client, 0, 4)
+    assert await inline(client, 0, 4)                    # the one before was passed over
+    records = [json.loads(x) for x in saved.read_text().splitlines()[len(before):]]
+    assert [r["accepted"] for r in records] == [True, False]
+    assert set(records[0]["features"]) >= {"mean_logprob", "min_logprob"}
+    model = tmp_path / "gated"
+    shutil.copytree(request.getfixturevalue("chatty_model_dir"), model)
+    Gate({}, -1.0, {}, {}, threshold=0.5).save(model)     # every completion scores 0.27
+    await configure(client, model=str(model), minConfidence=0.5)
+    assert await inline(client, 0, 4, types.InlineCompletionTriggerKind.Automatic) is None
+    asked = await inline(client, 0, 4)                    # invoked: answered, with its score
+    assert asked and abs(asked[0].command.arguments[1] - 0.269) < 0.01
+    counts = await client.protocol.send_request_async("tokenfill/stats", {})
+    assert counts.held_back == 1

@@ -2,8 +2,9 @@
 
 The Engine joins the layers: syntax decides whether to complete, the FIM format builds the prompt
 in ids (the context fitted to the model's window, prefix favoured, cut at line boundaries), the
-cursor mode starts the middle, decoding runs on ids under its constraints, and the stop rule
-watches each new token. The engine holds one model; it is not thread-safe (a server serialises
+cursor mode starts the middle, decoding runs on ids under its constraints, the stop rule
+watches each new token, and the model's confidence gate (confidence.py) scores the completion,
+stopping it early, cutting it or holding it back when it is unlikely to be kept. The engine holds one model; it is not thread-safe (a server serialises
 calls to it).
 """
 
@@ -12,12 +13,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from tokenfill.completion import cursor, fim, utf8
+from tokenfill.completion.confidence import MIN_EXIT_TOKENS, Gate, TokenStats
 from tokenfill.completion.cursor_modes import CURSOR_MODES, Begun, Plain
 from tokenfill.completion.monitor import MemberConstraint, Monitor
 from tokenfill.completion.request import CompletionRequest
@@ -57,6 +59,9 @@ class Completion:
     mode: str = ""             # syntax: "line" or "block" (empty with syntax off)
     skipped: str = ""          # syntax: why no completion was made here, when none was
     members: int = 0           # syntax: the attribute names decoding was held to after `name.`
+    confidence: float | None = None  # the gate's score (confidence.py); None without a gate
+    cut: bool = False          # the gate cut it at the end of its last sure line
+    stats: TokenStats | None = field(default=None, repr=False)  # its tokens' probabilities
 
     @property
     def mean_accepted(self) -> float:
@@ -93,7 +98,8 @@ class Completion:
 class Engine:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, name: str = "model",
                  require_fim: bool = True, fim_layout: str = "psm",
-                 ngrams: NGramTable | None = None, heads: FutureHeads | None = None):
+                 ngrams: NGramTable | None = None, heads: FutureHeads | None = None,
+                 gate: Gate | None = None):
         self.model = model
         self.tokenizer = tokenizer
         try:
@@ -106,6 +112,7 @@ class Engine:
         self.name = name
         self.ngrams = ngrams  # the corpus drafter's table (ngram_table.py), if the model has one
         self.heads = heads  # the model's multi-token heads (runtime/heads.py), if it has them
+        self.gate = gate  # the model's confidence gate (confidence.py), if it has one
         self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams, heads=heads,
                                      output=model.output)  # outlives requests
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
@@ -130,7 +137,7 @@ class Engine:
         heads = load_heads(directory, model.config.hidden_size, resolve_dtype(dtype))
         return cls(model, tokenizer, name=directory.name, require_fim=require_fim,
                    fim_layout=fim_layout(directory), ngrams=ngram_table.beside(directory),
-                   heads=heads)
+                   heads=heads, gate=Gate.for_model(directory))
 
     @property
     def end_ids(self) -> frozenset[int]:
@@ -161,8 +168,13 @@ class Engine:
             return Completion.declined(decision.mode, decision.reason, start)
         max_tokens = min(request.max_tokens, self.context // 2)
         prompt = self.prompt(request, max_tokens)
-        out = _Output(self.stop_rule(request, context), on_text, abort,
+        threshold = self.threshold(request)
+        gating = threshold > 0 and not request.invoked and max_tokens > 0
+        # a completion the gate may drop or cut is sent whole once scored: none of it streams
+        out = _Output(self.stop_rule(request, context), None if gating else on_text, abort,
                       start + request.time_budget_ms / 1000 if request.time_budget_ms else None)
+        out.exit_gate = self.gate if gating else None
+        out.stats.shape = cursor_shape(context, out.rule.mode)
         slot, cached = (slots.acquire(prompt.ids, request.reuse) if slots is not None
                         else (None, 0))
         cached = min(cached, len(prompt.ids) - 1)  # the last prompt token runs: its logits count
@@ -177,7 +189,40 @@ class Engine:
             gen = self.decode(request, context, prompt, begun, cache, out, generator, max_tokens)
         if slot is not None:
             slot.ids = (prompt.ids + list(begun.path) + gen.tokens)[:gen.cache_valid]
-        return Completion.made(request, out, prompt, begun, gen, cached, start)
+        made = replace(Completion.made(request, out, prompt, begun, gen, cached, start),
+                       stats=out.stats)
+        if self.gate is not None:
+            made = self.gated(made, out, threshold if gating else 0.0)
+            if gating and on_text is not None and made.text:
+                on_text(made.text)
+        return made
+
+    def threshold(self, request: CompletionRequest) -> float:
+        """The gate score a completion needs to be shown (0: all are)."""
+        if self.gate is None:
+            return 0.0
+        return self.gate.threshold if request.min_confidence is None else request.min_confidence
+
+    def gated(self, made: Completion, out: _Output, threshold: float) -> Completion:
+        """The completion with its score; under `threshold` (or stopped early by the gate) it is
+        cut after its last sure line when that part scores enough, else dropped."""
+        stats = out.stats
+        if not len(stats) or made.finish_reason == "aborted":
+            return made  # nothing decoded to judge, or nobody left to show it to
+        score = self.gate.score(stats.features())
+        made = replace(made, confidence=score)
+        if threshold <= 0 or (score >= threshold and out.reason != "confidence"):
+            return made
+        cut = stats.sure_lines_end()
+        if cut > 0:
+            sure = self.gate.score(stats.features(upto=cut))
+            if sure >= threshold:
+                lines = stats.line_starts.index(cut)
+                text = "\n".join(made.text.split("\n")[:lines])
+                if text.strip():
+                    return replace(made, text=text, confidence=sure, cut=True,
+                                   finish_reason="stop")
+        return replace(made, text="", skipped="low confidence")
 
     def prompt(self, request: CompletionRequest, max_tokens: int) -> Prompt:
         """The FIM prompt, with prefix and suffix cut to leave room for `max_tokens`, and the
@@ -257,11 +302,26 @@ class Engine:
         constraints, out.members = self.constraints(request, context if max_tokens > 0 else None,
                                                     out, begun.need)
         run = self.speculator.generate if request.speculative else generate
+        end_ids, stats = self.end_ids, out.stats
+
+        def observe(logits: torch.Tensor, token: int) -> None:
+            if token not in end_ids:
+                stats.observe(logits, token)
+
         return run(self.model, prompt.ids + list(begun.path),
                    min(max_tokens - begun.stepped, cache.max_seq - done), end_ids=self.end_ids,
                    sampling=request.sampling, should_stop=out.feed_token, cache=cache,
                    cached=done, vocab_limit=len(self.tokenizer.token_bytes), logits=begun.logits,
-                   constraints=constraints, generator=generator)
+                   constraints=constraints, generator=generator, observe=observe)
+
+
+def cursor_shape(context: CursorContext | None, mode: str | None) -> dict[str, float]:
+    """Where the cursor is, as the confidence gate reads it (confidence.SHAPE)."""
+    if context is None:
+        return {}
+    return {"block": float(mode == "block"), "after_dot": float(context.after_dot),
+            "rest_of_line": float(bool(context.rest_of_line.strip())),
+            "blank_line": float(context.blank_line), "partial": float(bool(context.partial))}
 
 
 @dataclass(frozen=True)
@@ -281,8 +341,12 @@ class _Output:
         self.rule, self.on_text, self.abort, self.deadline = rule, on_text, abort, deadline
         self.skip = 0
         self.sent = ""
-        self.reason: str | None = None  # "aborted" or "time"
+        self.reason: str | None = None  # "aborted", "time" or "confidence" (the gate's exit)
         self.members = 0                # attribute names decoding was held to after `name.`
+        # the picked tokens' probabilities (a few microseconds a token): every completion can be
+        # scored, and `tokenfill gate` fits the gate on them
+        self.stats = TokenStats()
+        self.exit_gate: Gate | None = None    # stops decoding once its running score is low
 
     def feed(self, data: bytes) -> bool:
         """Take the next bytes; True when the completion must end here."""
@@ -303,7 +367,17 @@ class _Output:
         return self.reason is not None
 
     def feed_token(self, token: int) -> bool:
-        return self.feed(self.rule.token_bytes[token])
+        data = self.rule.token_bytes[token]
+        over = self.feed(data)
+        stats = self.stats
+        if b"\n" in data:
+            stats.newline()
+        gate = self.exit_gate
+        if (not over and gate is not None and len(stats) >= MIN_EXIT_TOKENS
+                and gate.score(stats.features()) < gate.exit_threshold):
+            self.reason = "confidence"
+            return True
+        return over
 
     def finish(self) -> str:
         text = self.rule.text()

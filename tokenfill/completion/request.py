@@ -40,6 +40,8 @@ class CompletionRequest:
     extra: tuple[tuple[str, str], ...] = ()       # (filename, text) from other files, as context
     max_tokens: int = 64                          # 0: only fill a KV slot (a warm-up)
     time_budget_ms: float | None = None           # end generation after this long
+    min_confidence: float | None = None           # show at this gate score or more (None: the
+                                                  # model's gate's threshold; 0: show all)
     sampling: Sampling = field(default_factory=Sampling)
     stop: tuple[str, ...] = ()                    # stop strings, not part of the completion
     n_indent: int = 0                             # end at a line indented less than this
@@ -68,6 +70,12 @@ class CompletionRequest:
         if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool)
                                    or not math.isfinite(budget) or budget <= 0):
             raise RequestError("time_budget_ms", "must be a number > 0")
+        confidence = self.min_confidence
+        if confidence is not None and (not isinstance(confidence, (int, float))
+                                       or isinstance(confidence, bool)
+                                       or not math.isfinite(confidence)
+                                       or not 0 <= confidence <= 1):
+            raise RequestError("min_confidence", "must be a number from 0 to 1")
         if not isinstance(self.sampling, Sampling):
             raise RequestError("sampling", "must be a Sampling")
         if self.cursor_mode not in CURSOR_MODES:

@@ -117,10 +117,12 @@ def decode_one(model: Transformer, cache: KVCache, token: int, pos: int) -> Tens
 
 def choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None,
            vocab_limit: int | None, constraints: Sequence[Constraint],
-           argmax: int | None = None) -> int:
+           argmax: int | None = None,
+           observe: Callable[[Tensor, int], None] | None = None) -> int:
     """The next token from logits (vocab,) within the constraints, which then see it. `argmax`:
-    the greedy choice without constraints, where the caller has it (`greedy_rows`)."""
-    logits = logits[:vocab_limit]
+    the greedy choice without constraints, where the caller has it (`greedy_rows`). `observe`
+    gets the model's logits (before any constraint) and the token chosen."""
+    logits = raw = logits[:vocab_limit]
     masks = [constraint.allowed() for constraint in constraints]
     # Greedy: an argmax that every constraint allows is the restricted logits' argmax as well,
     # so the masks are applied only when it is not.
@@ -133,6 +135,8 @@ def choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
         token = sample(logits, sampling, generator)
     for constraint in constraints:
         constraint.advance(token)
+    if observe is not None:
+        observe(raw, token)
     return token
 
 
@@ -178,7 +182,8 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
              cache: KVCache | None = None, cached: int = 0,
              vocab_limit: int | None = None, logits: Tensor | None = None,
              constraints: Sequence[Constraint] = (),
-             generator: torch.Generator | None = None) -> Generation:
+             generator: torch.Generator | None = None,
+             observe: Callable[[Tensor, int], None] | None = None) -> Generation:
     """Generate up to `max_new_tokens` after `prompt`.
 
     Stops at a token in `end_ids` (not included in the output) or when `should_stop(token)` says
@@ -186,7 +191,8 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
     `prompt[:cached]` (KV reuse): only the rest of the prompt is run; a caller that has run all of
     it passes the `logits` after it instead. Ids >= `vocab_limit` are never sampled (checkpoints
     often pad the embedding past the tokenizer's vocabulary). `constraints` limit the tokens to
-    the ids they all allow (one that would leave none is set aside for that step).
+    the ids they all allow (one that would leave none is set aside for that step). `observe`
+    sees each pick's logits and token (completion/confidence.py scores a completion by them).
     """
     out = Generation()
     if cache is None:
@@ -195,7 +201,7 @@ def generate(model: Transformer, prompt: list[int], max_new_tokens: int, *,
     generator = generator if generator is not None else sampling.generator()
     t0 = time.perf_counter()
     for i in range(max_new_tokens):
-        token = choose(logits, sampling, generator, vocab_limit, constraints)
+        token = choose(logits, sampling, generator, vocab_limit, constraints, observe=observe)
         if token in end_ids:
             out.finish_reason = "stop"
             break

@@ -65,6 +65,7 @@ class ServerSettings:
     body_timeout_s: float = 30.0                     # a body that stops arriving this long: 408
     workspace: Path | None = None                    # retrieved into every prompt (off: None)
     context_tokens: int | None = None                # its budget (None: a quarter of the window)
+    min_confidence: float | None = None              # for requests that do not say (None: gate's)
 
     def served_hosts(self) -> frozenset[str] | None:
         """The names a request's Host header may give (port aside); None: any (the server is

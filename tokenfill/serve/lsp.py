@@ -22,6 +22,11 @@
   would get.
 - Accepted and rejected completions are counted (an item's `tokenfill.accept` command, or llm-ls's
   `llm-ls/acceptCompletion` / `llm-ls/rejectCompletion`); `tokenfill/stats` returns the counts.
+  With `telemetry` (on), each shown completion's outcome and gate features are saved on this
+  machine only (telemetry.py), for `tokenfill gate --telemetry` to refit the gate to this person.
+- The model's confidence gate holds back automatic completions under `minConfidence` (default:
+  the gate's threshold); an invoked one is always answered. Items carry the score (the accept
+  command's second argument; a completion item's `data.confidence`).
 - `llm-ls/getCompletions` is answered too, so llm.nvim, llm-vscode and llm-intellij work unchanged.
 A model loads in a thread (at `initialize`, and when the settings name another one), so the server
 keeps answering meanwhile; completions wait for it, and a model that fails to load is their error.
@@ -54,6 +59,7 @@ from tokenfill.context.workspace import Workspaces, approx_tokens
 from tokenfill.paths import BUNDLED_MODEL
 from tokenfill.runtime.generate import Sampling
 from tokenfill.serve import lsp_io
+from tokenfill.serve.telemetry import Telemetry, telemetry_path
 
 log = logging.getLogger("tokenfill.lsp")
 ACCEPT_COMMAND = "tokenfill.accept"
@@ -70,6 +76,8 @@ class LspSettings:
     cursorMode: str = "exact"     # noqa: N815
     context: bool = True
     contextTokens: int = 0        # noqa: N815 (0: automatic)
+    minConfidence: float | None = None  # noqa: N815 (None: the model's gate's threshold)
+    telemetry: bool = True        # save what was shown and kept, locally, for `tokenfill gate`
 
     def update(self, options: Any) -> None:
         """Take the settings given; a value of the wrong kind is logged and left out, so the
@@ -91,14 +99,19 @@ class LspSettings:
 
 
 _SETTING_KINDS = {"model": str, "serverUrl": str, "maxTokens": int, "singleLine": bool,
-                  "debounceMs": int, "cursorMode": str, "context": bool, "contextTokens": int}
+                  "debounceMs": int, "cursorMode": str, "context": bool, "contextTokens": int,
+                  "minConfidence": float, "telemetry": bool}
 
 
 def setting_problem(key: str, value: Any) -> str:
     """What is wrong with a setting's value ("" when nothing is)."""
     kind = _SETTING_KINDS[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         return f"expected {'a whole number' if kind is int else kind.__name__}"
+    if key == "minConfidence" and not 0 <= value <= 1:
+        return "expected 0 to 1"
     if key == "cursorMode" and value not in CURSOR_MODES:
         return f"expected one of {', '.join(CURSOR_MODES)}"
     if key == "maxTokens" and not 1 <= value <= UNLIMITED_TOKENS:
@@ -119,6 +132,14 @@ class Counts:
     accepted: int = 0
     rejected: int = 0
     context_chunks: int = 0       # pieces of workspace context sent with completions
+    held_back: int = 0            # completions the confidence gate did not show
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    confidence: float | None      # the gate's score, where the model has a gate
+    features: dict | None         # what the gate scored (in-process only), for telemetry
 
 
 class InProcessBackend:
@@ -130,7 +151,7 @@ class InProcessBackend:
 
         self.worker = Worker(Engine.load(model), n_slots=2)
 
-    async def complete(self, key: str, request: CompletionRequest) -> str:
+    async def complete(self, key: str, request: CompletionRequest) -> Answer:
         from tokenfill.serve.worker import Job
 
         job = Job(request=request, key=key)
@@ -139,7 +160,9 @@ class InProcessBackend:
             while True:
                 kind, value = await job.events.get()
                 if kind == "done":
-                    return value.text
+                    features = (value.stats.features()
+                                if value.stats is not None and len(value.stats) else None)
+                    return Answer(value.text, value.confidence, features)
                 if kind == "error":
                     raise RuntimeError(value)
         finally:
@@ -156,10 +179,11 @@ class RemoteBackend:
         self.url = url.rstrip("/")
         self.client = httpx.AsyncClient(timeout=60)
 
-    async def complete(self, key: str, request: CompletionRequest) -> str:
+    async def complete(self, key: str, request: CompletionRequest) -> Answer:
         r = await self.client.post(self.url + "/infill", json=infill_body(key, request))
         r.raise_for_status()
-        return r.json()["content"]
+        body = r.json()
+        return Answer(body["content"], body.get("confidence"), None)
 
     def close(self) -> None:
         pass
@@ -175,7 +199,9 @@ def infill_body(key: str, request: CompletionRequest) -> dict:
             "cache_prompt": request.reuse, "cursor_mode": request.cursor_mode,
             "speculative": request.speculative, "syntax": request.syntax,
             "invoked": request.invoked, "single_line": request.single_line,
-            "path": request.path, "project": request.project}
+            "path": request.path, "project": request.project,
+            "min_confidence": request.min_confidence,
+            "input_extra": [{"filename": f, "text": t} for f, t in request.extra]}
 
 
 class TokenfillProtocol(LanguageServerProtocol):
@@ -197,6 +223,7 @@ class TokenfillServer(LanguageServer):
         self.latest: dict[str, int] = {}
         self.ids = itertools.count(1)
         self.workspaces = Workspaces(budget=REMOTE_CONTEXT_TOKENS)
+        self.telemetry = Telemetry(telemetry_path())
 
     def configure(self, options: Any) -> None:
         """Apply settings; a new model or server URL loads a new backend in a thread, so the
@@ -268,7 +295,7 @@ class TokenfillServer(LanguageServer):
         return self.workspace.get_text_document(uri)
 
     async def completions(self, uri: str, position: types.Position, n: int, automatic: bool,
-                          head: str = "") -> list[str] | None:
+                          head: str = "") -> list[Answer] | None:
         """Up to `n` distinct completions at `position`, or None when superseded."""
         ticket = next(self.ids)
         self.latest[uri] = ticket
@@ -286,23 +313,29 @@ class TokenfillServer(LanguageServer):
             if self.latest.get(uri) != ticket:
                 self.counts.superseded += 1
                 return None
-            texts: list[str] = []
+            self.telemetry.ignored(uri)  # what was shown here before and not accepted
+            answers: list[Answer] = []
             for i in range(n):
                 sampling = Sampling() if i == 0 else Sampling(temperature=0.7, top_p=0.95, seed=i)
                 # shielded: a cancelled request must not cancel the backend's loading
                 backend = await asyncio.shield(self.backend)
-                text = await backend.complete(uri, CompletionRequest(
+                answer = await backend.complete(uri, CompletionRequest(
                     prefix=prefix, suffix=suffix, max_tokens=self.settings.maxTokens,
                     single_line=self.settings.singleLine, sampling=sampling,
                     cursor_mode=self.settings.cursorMode, invoked=not automatic, path=doc.path,
-                    project=root or self.workspace.root_path, extra=extra))
+                    project=root or self.workspace.root_path, extra=extra,
+                    min_confidence=self.settings.minConfidence))
                 if self.latest.get(uri) != ticket:
                     self.counts.superseded += 1
                     return None
-                if text and text not in texts:
-                    texts.append(text)
-            self.counts.shown += len(texts)
-            return texts
+                if answer.text and all(answer.text != a.text for a in answers):
+                    answers.append(answer)
+                elif not answer.text and answer.confidence is not None and i == 0:
+                    self.counts.held_back += 1
+            self.counts.shown += len(answers)
+            if answers and self.settings.telemetry:
+                self.telemetry.shown(uri, answers[0])
+            return answers
         except asyncio.CancelledError:
             self.counts.cancelled += 1
             raise
@@ -389,12 +422,13 @@ async def inline_completion(ls: TokenfillServer, params: types.InlineCompletionP
         end = doc.offset_at_position(position)
         head = selected.text[end - start:] if selected.text.startswith(
             doc.source[start:end]) else ""
-    texts = await ls.completions(params.text_document.uri, position, 1 if automatic else 3,
-                                 automatic, head)
-    if not texts:
+    answers = await ls.completions(params.text_document.uri, position, 1 if automatic else 3,
+                                   automatic, head)
+    if not answers:
         return None
     items = []
-    for text in texts:
+    for answer in answers:
+        text = answer.text
         if selected is not None:
             insert, span = selected.text + text, selected.range
         else:
@@ -402,39 +436,46 @@ async def inline_completion(ls: TokenfillServer, params: types.InlineCompletionP
         items.append(types.InlineCompletionItem(
             insert_text=insert, range=span,
             command=types.Command(title="Accept completion", command=ACCEPT_COMMAND,
-                                  arguments=[insert])))
+                                  arguments=[insert, answer.confidence])))
     return items
 
 
 @server.feature(types.TEXT_DOCUMENT_COMPLETION)
 async def completion(ls: TokenfillServer, params: types.CompletionParams
                      ) -> types.CompletionList | None:
-    texts = await ls.completions(params.text_document.uri, params.position, 1, automatic=False)
-    if not texts:
+    answers = await ls.completions(params.text_document.uri, params.position, 1,
+                                   automatic=False)
+    if not answers:
         return None
-    text = texts[0]
+    text, confidence = answers[0].text, answers[0].confidence
     label = text.strip().split("\n", 1)[0][:60] or text
     return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
         label=label, kind=types.CompletionItemKind.Text, detail="tokenfill",
         text_edit=types.TextEdit(types.Range(params.position, params.position), text),
-        insert_text_format=types.InsertTextFormat.PlainText,
+        insert_text_format=types.InsertTextFormat.PlainText, data={"confidence": confidence},
         command=types.Command(title="Accept completion", command=ACCEPT_COMMAND,
-                              arguments=[text]))])
+                              arguments=[text, confidence]))])
 
 
 @server.command(ACCEPT_COMMAND)
 def accept(ls: TokenfillServer, *args: Any) -> None:
     ls.counts.accepted += 1
+    arguments = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+    if arguments and isinstance(arguments[0], str):
+        ls.telemetry.accepted(arguments[0])
 
 
 @server.feature("llm-ls/acceptCompletion")
 def llm_ls_accept(ls: TokenfillServer, params: Any) -> None:
     ls.counts.accepted += 1
+    for uri in list(ls.telemetry.pending)[-1:]:
+        ls.telemetry.accepted(ls.telemetry.pending[uri].text)
 
 
 @server.feature("llm-ls/rejectCompletion")
 def llm_ls_reject(ls: TokenfillServer, params: Any) -> None:
     ls.counts.rejected += 1
+    ls.telemetry.rejected()
 
 
 @server.feature("tokenfill/context")
@@ -459,9 +500,9 @@ def stats(ls: TokenfillServer, params: Any) -> dict:
 async def llm_ls_get_completions(ls: TokenfillServer, params: Any) -> dict:
     uri = params.textDocument.uri
     position = types.Position(params.position.line, params.position.character)
-    texts = await ls.completions(uri, position, 1, automatic=False) or []
+    answers = await ls.completions(uri, position, 1, automatic=False) or []
     return {"request_id": str(next(ls.ids)),
-            "completions": [{"generated_text": t} for t in texts]}
+            "completions": [{"generated_text": a.text} for a in answers]}
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ TOKENFILL = {  # tokenfill's own fields, on every completion route
     "cursor_mode": {"type": "string", "enum": ["exact", "heal", "none"]},
     "speculative": BOOLEAN, "syntax": BOOLEAN, "invoked": BOOLEAN, "single_line": BOOLEAN,
     "path": STRING, "project": STRING,
+    "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
 }
 SEED = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 TEMPERATURE = {"type": "number", "minimum": 0, "maximum": 100}
@@ -22,7 +23,8 @@ ROUTES: dict[str, tuple[str, dict]] = {  # POST route -> (summary, fields)
         "prompt": STRING, "suffix": STRING, "max_tokens": {"type": "integer", "minimum": 0},
         "temperature": {**TEMPERATURE, "maximum": 2}, "top_p": TOP_P,
         "n": {"type": "integer", "minimum": 1, "maximum": 8}, "stream": BOOLEAN, "stop": STOP,
-        "seed": SEED, "echo": BOOLEAN, "logprobs": INTEGER, "user": STRING, "model": STRING,
+        "seed": SEED, "echo": BOOLEAN, "logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
+        "user": STRING, "model": STRING,
         **TOKENFILL}),
     "/infill": ("llama.cpp infill", {
         "input_prefix": STRING, "input_suffix": STRING, "prompt": STRING,

@@ -63,6 +63,7 @@ class WorkerStats:
     aborted: int = 0
     superseded: int = 0
     failed: int = 0
+    declined: dict[str, int] = field(default_factory=dict)  # none made or shown, by the reason
 
 
 class Worker:
@@ -114,6 +115,9 @@ class Worker:
                     self.stats.aborted += 1
                 else:
                     self.stats.completed += 1
+                if result.skipped:
+                    declined = self.stats.declined
+                    declined[result.skipped] = declined.get(result.skipped, 0) + 1
                 log_job(job, result)
                 job.emit("done", result)
             except Exception as e:  # contained: one bad job never stops the worker
@@ -147,9 +151,11 @@ def release_memory() -> None:
 
 
 def log_job(job: Job, result: Completion) -> None:
+    score = (f" confidence={result.confidence:.3f}{' (cut)' if result.cut else ''}"
+             if result.confidence is not None else "")
     if result.skipped:
-        log.info("%s completion: none, %s: queue=%.1fms engine=%.1fms", job.id, result.skipped,
-                 job.queue_ms, result.total_ms)
+        log.info("%s completion: none, %s:%s queue=%.1fms engine=%.1fms (%d tokens)", job.id,
+                 result.skipped, score, job.queue_ms, result.total_ms, result.tokens)
         return
     got = job.retrieved
     context = (f" context={got.chunks} chunks/{got.tokens} tokens ({got.definitions} definitions, "
@@ -166,5 +172,5 @@ def log_job(job: Job, result: Completion) -> None:
              context, result.prefill_ms, result.prompt_evaluated, result.prompt_tokens, cursor,
              result.decode_ms, result.tokens, drafts,
              (f" syntax={result.mode}" + (f" ({result.members} members)" if result.members else ""))
-             if result.mode else "", result.total_ms, result.finish_reason,
+             + score if result.mode else score, result.total_ms, result.finish_reason,
              f" ({job.cancel_reason})" if job.cancel_reason else "")

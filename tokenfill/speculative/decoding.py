@@ -93,7 +93,8 @@ class Speculator:
                  cache: KVCache | None = None, cached: int = 0,
                  vocab_limit: int | None = None, logits: Tensor | None = None,
                  constraints: Sequence[Constraint] = (),
-                 generator: torch.Generator | None = None) -> Generation:
+                 generator: torch.Generator | None = None,
+                 observe: Callable[[Tensor, int], None] | None = None) -> Generation:
         """`generate`'s contract (same arguments, same output for greedy), decoded by draft trees."""
         out = Generation()
         if cache is None:
@@ -106,7 +107,7 @@ class Speculator:
             drafter.begin(context)
 
         def pick(logits: Tensor, argmax: int | None = None) -> int:
-            return choose(logits, sampling, generator, vocab_limit, constraints, argmax)
+            return choose(logits, sampling, generator, vocab_limit, constraints, argmax, observe)
 
         def emit(token: int) -> bool:
             """Append the token; True when the generation is over."""

@@ -11,7 +11,9 @@ and `bundle` lays what the run needs in one ignored folder (`runs/device`):
 - `shards/`, as many corpus shards as the room left allows (the rest on a later run);
 - `init/`, an earlier run's exported weights to go on from, when there is one.
 `command()` is the run: the recipe with a time budget, multi-token heads, the export (weights in
-files of at most 15 MiB, no n-gram table: that is built here afterwards) written to $OUT.
+files of at most 15 MiB, no n-gram table: that is built here afterwards) written to $OUT. Back
+here, beside the export: `tokenfill ngrams` (the corpus drafter's table) and `tokenfill gate
+--corpus runs/corpus3/corpus.jsonl` (its confidence gate: the old model's does not fit it).
 """
 
 from __future__ import annotations

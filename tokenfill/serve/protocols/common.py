@@ -171,10 +171,14 @@ def engine_options(body: dict) -> dict:
     """tokenfill's own fields, which every protocol takes: `cursor_mode`, how a cursor inside a
     token is handled; `speculative`, false to decode without draft trees; `syntax`, false to
     decode raw (no syntax-aware decisions and stops); `invoked`, true when the person asked for a
-    completion (so one is made in a comment too); `single_line`, end at the first newline;
-    `path` and `project`, the file and the workspace root, for resolving imports. Absent: the
-    server's defaults."""
+    completion (so one is made in a comment too, and the confidence gate holds none back);
+    `single_line`, end at the first newline; `path` and `project`, the file and the workspace
+    root, for resolving imports; `min_confidence`, the gate score a completion needs to be shown
+    (0 shows all). Absent: the server's defaults."""
     out = {}
+    confidence = field(body, "min_confidence", float, None, low=0, high=1)
+    if confidence is not None:
+        out["min_confidence"] = confidence
     for name, kind in (("cursor_mode", str), ("speculative", bool), ("syntax", bool),
                        ("invoked", bool), ("single_line", bool), ("path", str),
                        ("project", str)):
@@ -191,7 +195,8 @@ def completion_request(request: Request, options: dict) -> CompletionRequest:
     try:
         return CompletionRequest(**{"cursor_mode": settings.cursor_mode,
                                     "speculative": settings.speculative,
-                                    "syntax": settings.syntax, **options})
+                                    "syntax": settings.syntax,
+                                    "min_confidence": settings.min_confidence, **options})
     except RequestError as e:
         raise bad(str(e)) from None
 

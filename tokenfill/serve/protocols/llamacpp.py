@@ -80,11 +80,14 @@ def result_body(request: Request, result) -> dict:
                     # tokenfill's own: decoding passes, draft tokens accepted per pass
                     "forwards": result.forwards,
                     "draft_mean_accepted": round(result.mean_accepted, 3),
+                    # tokenfill's own: the confidence gate's score, and whether it cut the text
+                    "confidence": result.confidence, "confidence_cut": result.cut,
                     # tokenfill's own: the workspace context retrieved into the prompt
                     **context_timings(request)},
         "tokens_cached": result.prompt_tokens - result.prompt_evaluated,
         "tokens_evaluated": result.prompt_evaluated, "truncated": False,
-        "declined": result.skipped,  # tokenfill: why syntax-aware completion made none ("": it did)
+        "declined": result.skipped,  # tokenfill: why none was made or shown ("": one was)
+        "confidence": result.confidence,  # tokenfill: the gate's score (null without a gate)
     }
 
 

@@ -1,7 +1,10 @@
 """OpenAI legacy completions: `POST /v1/completions` (with `suffix`), `GET /v1/models`.
 
 The server applies the model's FIM template to `prompt` + `suffix`. `n` > 1 runs n completions
-one after another (seeds seed, seed+1, ...). `logprobs` is accepted and answered with null.
+one after another (seeds seed, seed+1, ...). With `logprobs` (any number: no alternatives are
+given) each choice carries the log-probabilities of the tokens it was decoded as (those after a
+partial word the cursor mode spelled byte by byte). tokenfill adds `confidence`, the gate's
+score, to each choice.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tokenfill.serve.protocols.common import (
 )
 
 
-def options_of(body: dict, default_max_tokens: int) -> tuple[dict, int, bool, str | None]:
+def options_of(body: dict, default_max_tokens: int) -> tuple[dict, int, bool, str | None, bool]:
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -51,9 +54,9 @@ def options_of(body: dict, default_max_tokens: int) -> tuple[dict, int, bool, st
                    sampling=sampling, stop=stop_strings(body, most=4))
     n = field(body, "n", int, 1, low=1, high=8)
     echo = field(body, "echo", bool, False)
-    field(body, "logprobs", int, 0)
+    logprobs = field(body, "logprobs", int, None, low=0, high=5) is not None
     user = field(body, "user", str, None)
-    return options, n, echo, user
+    return options, n, echo, user, logprobs
 
 
 def _with_seed(options: dict, i: int) -> dict:
@@ -64,7 +67,8 @@ def _with_seed(options: dict, i: int) -> dict:
 
 async def completions(request: Request):
     body = await read_json(request)
-    options, n, echo, user = options_of(body, request.app.state.settings.default_max_tokens)
+    options, n, echo, user, logprobs = options_of(body,
+                                                  request.app.state.settings.default_max_tokens)
     key = client_key(request, user)
     model = body.get("model") or request.app.state.settings.model.name
     head = {"id": f"cmpl-{request.state.request_id}", "object": "text_completion",
@@ -91,7 +95,9 @@ async def completions(request: Request):
     for i in range(n):
         _, result = await run(request, _with_seed(options, i), key)
         text = options["prefix"] + result.text if echo else result.text
-        choices.append({**choice(text, finish(result.finish_reason)), "index": i})
+        choices.append({**choice(text, finish(result.finish_reason)), "index": i,
+                        "confidence": result.confidence,
+                        "logprobs": token_logprobs(request, result) if logprobs else None})
         prompt_tokens, completion_tokens = result.prompt_tokens, completion_tokens + result.tokens
     return JSONResponse({**head, "choices": choices,
                          "usage": {"prompt_tokens": prompt_tokens,
@@ -101,6 +107,21 @@ async def completions(request: Request):
 
 def choice(text: str, finish_reason: str | None) -> dict:
     return {"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}
+
+
+def token_logprobs(request: Request, result) -> dict | None:
+    """OpenAI's `logprobs` object for the completion's decoded tokens."""
+    stats = result.stats
+    if stats is None:
+        return None
+    token_bytes = request.app.state.worker.engine.tokenizer.token_bytes
+    tokens = [token_bytes[t].decode("utf-8", errors="replace") for t in stats.tokens]
+    offsets, at = [], 0
+    for piece in tokens:
+        offsets.append(at)
+        at += len(piece)
+    return {"tokens": tokens, "token_logprobs": [round(x, 4) for x in stats.logprobs],
+            "top_logprobs": None, "text_offset": offsets}
 
 
 def finish(reason: str) -> str:
