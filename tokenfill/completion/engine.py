@@ -4,8 +4,8 @@ The Engine joins the layers: syntax decides whether to complete, the FIM format 
 in ids (the context fitted to the model's window, prefix favoured, cut at line boundaries), the
 cursor mode starts the middle, decoding runs on ids under its constraints, the stop rule
 watches each new token, and the model's confidence gate (confidence.py) scores the completion,
-stopping it early, cutting it or holding it back when it is unlikely to be kept. The engine holds one model; it is not thread-safe (a server serialises
-calls to it).
+stopping it early, cutting it or holding it back when it is unlikely to be kept. The engine
+holds one model; it is not thread-safe (a server serialises calls to it).
 """
 
 from __future__ import annotations
