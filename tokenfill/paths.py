@@ -4,6 +4,7 @@ Paths are those of a source checkout (the bundled model and the corpus manifests
 package); the benchmark data lives in `shared/data`, a folder beside the checkout.
 """
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,3 +25,14 @@ HUMANEVAL_MULTI = HUMANEVAL_DIR / "HumanEval-MultiLineInfilling.jsonl.gz"
 def shared_data() -> Path | None:
     """The benchmark data folder, or None where the checkout has none beside it."""
     return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
+def user_cache() -> Path:
+    """$XDG_CACHE_HOME/tokenfill (~/.cache by default): what can be rebuilt (workspace indexes)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenfill"
+
+
+def user_state() -> Path:
+    """$XDG_STATE_HOME/tokenfill (~/.local/state by default): what this person's use made (the
+    language server's telemetry, gates refitted to it)."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "tokenfill"

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from tokenfill.paths import user_state
+
 FILE = "gate.json"
 
 
@@ -35,10 +37,7 @@ def user_gates() -> Path:
     """Where gates refitted to one person's choices live, a folder per model (by its folder's
     name): $XDG_STATE_HOME/tokenfill/gates (~/.local/state by default). One there is used
     instead of the gate shipped beside the model."""
-    import os
-
-    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(state) / "tokenfill" / "gates"
+    return user_state() / "gates"
 
 
 # where the cursor is (syntax.py's reading of it), which moves how often completions are right:

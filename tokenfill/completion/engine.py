@@ -343,8 +343,8 @@ class _Output:
         self.sent = ""
         self.reason: str | None = None  # "aborted", "time" or "confidence" (the gate's exit)
         self.members = 0                # attribute names decoding was held to after `name.`
-        # the picked tokens' probabilities (a few microseconds a token): every completion can be
-        # scored, and `tokenfill gate` fits the gate on them
+        # the picked tokens' probabilities (40-75 us a token at 4K-16K vocabularies, about 1% of
+        # a decode step): every completion can be scored, and `tokenfill gate` fits the gate on them
         self.stats = TokenStats()
         self.exit_gate: Gate | None = None    # stops decoding once its running score is low
 

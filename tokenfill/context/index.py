@@ -30,11 +30,12 @@ from pathlib import Path
 
 import pathspec
 
+from tokenfill.paths import user_cache
+
 
 def default_cache() -> Path:
     """Where workspace indexes live: $XDG_CACHE_HOME/tokenfill/workspaces (~/.cache by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenfill" / \
-        "workspaces"
+    return user_cache() / "workspaces"
 
 
 MAX_FILE_BYTES = 500_000

@@ -36,9 +36,6 @@ class Observed:
     kind: str
     stats: TokenStats     # the tokens' statistics and the cursor's shape
     exact: bool           # the completion is the text that was there
-    close: bool           # edit similarity at least 0.8
-    tokens: int
-    ms: float
 
     def features(self, upto: int | None = None) -> dict[str, float]:
         return self.stats.features(upto)
@@ -58,9 +55,7 @@ def observe(engine: Engine, files: list[tuple[str, str]], per_kind: int, seed: i
         if result.skipped or result.stats is None or not len(result.stats):
             continue
         score = score_middle(result.text, hole.middle, hole.prefix, hole.suffix)
-        out.append(Observed(hole.kind, result.stats, bool(score["em_middle"]),
-                            score["es_middle"] >= 0.8, result.tokens,
-                            result.total_ms))
+        out.append(Observed(hole.kind, result.stats, bool(score["em_middle"])))
     return out
 
 

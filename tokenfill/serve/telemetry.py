@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+from tokenfill.paths import user_state
 
 log = logging.getLogger("tokenfill.lsp")
 MAX_BYTES = 8 << 20
@@ -23,8 +24,7 @@ MAX_BYTES = 8 << 20
 
 def telemetry_path() -> Path:
     """$XDG_STATE_HOME/tokenfill/telemetry.jsonl (~/.local/state by default)."""
-    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(state) / "tokenfill" / "telemetry.jsonl"
+    return user_state() / "telemetry.jsonl"
 
 
 class Telemetry:
