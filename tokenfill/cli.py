@@ -1,4 +1,4 @@
-"""The `tokenfill` command: complete, batch, train, corpus, ngrams, bench, demo."""
+"""The `tokenfill` command: complete, batch, serve, lsp, train, eval, corpus, gate, ngrams, export."""
 
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ class UsageError(Exception):
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
-                   help="checkpoint directory in Hugging Face layout (default: the bundled model)")
+                   help="checkpoint directory in Hugging Face layout, or a .gguf file (default: the "
+                        "bundled model)")
     p.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="weights' dtype; auto: bf16 on CPUs with fast bf16, else fp32")
+    add_engine_option(p)
     add_cursor_option(p)
     add_speculative_option(p)
     add_syntax_option(p)
@@ -47,6 +49,14 @@ def add_speculative_option(p: argparse.ArgumentParser, what: str = "") -> None:
     p.add_argument("--no-speculative", dest="speculative", action="store_false",
                    help=f"decode token by token{what}, without verifying drafts (same output, "
                         "slower)")
+
+
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", action="append", default=[], metavar="URL",
+                   help="a running vLLM or llama.cpp server (llama-server) that serves the model: "
+                        "it runs the model, tokenfill does the rest, with --model's tokenizer "
+                        "and FIM template; repeat for replicas (README: Running the model on "
+                        "other engines)")
 
 
 def add_cursor_option(p: argparse.ArgumentParser, what: str = "") -> None:
@@ -87,7 +97,8 @@ def batch_arguments(p: argparse.ArgumentParser) -> None:
 
 def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=BUNDLED_MODEL,
-                   help="checkpoint directory in Hugging Face layout (default: the bundled model)")
+                   help="checkpoint directory in Hugging Face layout, or a .gguf file (default: "
+                        "the bundled model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a name clients reach the server by, besides the address bound and "
@@ -111,6 +122,7 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=64,
                    help="tokens to generate when a request does not say (default 64)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    add_engine_option(p)
     add_cursor_option(p, " (for requests without a cursor_mode field)")
     add_speculative_option(p, " (for requests without a speculative field)")
     add_syntax_option(p, " (for requests without a syntax field)")
@@ -120,7 +132,7 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def lsp_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    add_engine_option(p)
 
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -244,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:
+        from tokenfill.runtime.remote import EngineError
+
+        if not isinstance(e, EngineError):
+            raise
+        print(f"tokenfill: error: {e}", file=sys.stderr)
+        return 1
 
 
 def load_engine(args: argparse.Namespace):
@@ -252,7 +271,7 @@ def load_engine(args: argparse.Namespace):
     from tokenfill.runtime.checkpoint import CheckpointError
 
     try:
-        return Engine.load(args.model, dtype=args.dtype)
+        return Engine.open(args.model, args.dtype, tuple(args.engine))
     except (CheckpointError, FimUnsupportedError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"cannot load model {args.model}: {e}") from e
 
@@ -471,7 +490,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tokenfill.serve.transport import with_header_timeout
 
     for needed in ("config.json", "tokenizer.json"):
-        if not (args.model / needed).is_file():
+        if not (args.model / needed).is_file() and not (args.model.suffix == ".gguf"
+                                                         and args.model.is_file()):
             raise UsageError(f"cannot serve {args.model}: no {needed} there")
     if args.slots < 1:
         raise UsageError("--slots must be at least 1")
@@ -498,7 +518,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               cors_origins=tuple(args.cors_origin),
                               body_timeout_s=args.body_timeout, workspace=workspace,
                               context_tokens=args.context_tokens,
-                              min_confidence=args.min_confidence)
+                              min_confidence=args.min_confidence, engines=tuple(args.engine))
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
                 http=with_header_timeout(args.header_timeout))
     return 0
@@ -508,7 +528,7 @@ def cmd_lsp(args: argparse.Namespace) -> int:
     from tokenfill.serve.lsp import main as lsp_main
 
     process.few_arenas()
-    lsp_main()
+    lsp_main(engines=tuple(args.engine))
     return 0
 
 
@@ -653,6 +673,34 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("format", choices=["gguf", "hf"],
+                   help="gguf: one file for llama.cpp and Ollama; hf: a folder vLLM and other "
+                        "engines of the Hugging Face layout serve as it is")
+    p.add_argument("model", type=Path, help="checkpoint directory in Hugging Face layout")
+    p.add_argument("out", type=Path, help="the file (gguf) or folder (hf) to write")
+    p.add_argument("--dtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="weights' type in the file (default f16; norms and biases stay f32)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tokenfill.runtime import gguf_io
+    from tokenfill.runtime.checkpoint import CheckpointError, export_hf
+
+    if not (args.model / "config.json").is_file():
+        raise UsageError(f"{args.model}: no config.json there (not a checkpoint directory)")
+    try:
+        if args.format == "hf":
+            out = export_hf(args.model, args.out)
+            print(f"{out}: weights indexed, end token named in config.json")
+            return 0
+        out = gguf_io.export(args.model, args.out, args.dtype)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB, {args.dtype}")
+    return 0
+
+
 def cmd_ngrams(args: argparse.Namespace) -> int:
     from tokenfill.train import ngrams
 
@@ -704,4 +752,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {  # name: (help, argument
     "ngrams": ("build the corpus drafter's n-gram table beside a model "
                        "(speculative decoding)",
         ngrams_arguments, cmd_ngrams),
+    "export": ("write a checkpoint for other engines (GGUF for llama.cpp and Ollama, a folder "
+               "for vLLM)",
+        export_arguments, cmd_export),
 }

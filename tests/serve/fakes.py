@@ -50,6 +50,7 @@ class FakeEngine:
     def __init__(self, text: str = "hello world", pieces: int = 2, fim: bool = True):
         self.text, self.pieces = text, pieces
         self.model, self.context, self.name = FakeModel(), 64, "fake"
+        self.remote = None  # the model runs in-process
         self.monitor, self.tokenizer = FakeMonitor(), FakeTokenizer()
         self.fim = FakeFim() if fim else None
         self.requests: list[CompletionRequest] = []

@@ -68,6 +68,18 @@ class TokenStats:
         self.entropies.append(float(-(logp.exp() * logp).nan_to_num().sum()))
         self.margins.append(float(top[0] - top[1]) if top.numel() > 1 else 1.0)
 
+    def observe_top(self, logprob: float, top: dict[int, float], token: int) -> None:
+        """The same from what a remote engine returns: the picked token's log-probability and the
+        top few tokens' (runtime/remote.py asks for TOP_LOGPROBS). The entropy counts the rest
+        of the probability as one more outcome, so it is a lower bound, close where the model is
+        sure (the rest is then small)."""
+        probs = sorted((math.exp(v) for v in top.values()), reverse=True)
+        rest = max(0.0, 1.0 - sum(probs))
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.entropies.append(-sum(p * math.log(p) for p in [*probs, rest] if p > 0))
+        self.margins.append(probs[0] - probs[1] if len(probs) > 1 else 1.0)
+
     def newline(self) -> None:
         """The output's next line starts with the next token."""
         self.line_starts.append(len(self.logprobs))

@@ -25,11 +25,13 @@ from tokenfill.completion.monitor import MemberConstraint, Monitor
 from tokenfill.completion.request import CompletionRequest
 from tokenfill.completion.stops import EndGuard, StopRule
 from tokenfill.completion.syntax import CursorContext, analyze, decide
-from tokenfill.runtime.checkpoint import fim_layout, load_model
+from tokenfill.runtime import gguf_io
+from tokenfill.runtime.checkpoint import fim_layout, load_config, load_model
 from tokenfill.runtime.generate import Generation, generate
 from tokenfill.runtime.hardware import resolve_dtype
 from tokenfill.runtime.heads import FutureHeads, load_heads
 from tokenfill.runtime.model import KVCache, Transformer
+from tokenfill.runtime.remote import CURSOR_FALLBACK, Remote, Step
 from tokenfill.runtime.slots import SlotPool
 from tokenfill.runtime.tokenizer import Tokenizer
 from tokenfill.speculative import ngram_table
@@ -96,11 +98,13 @@ class Completion:
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, name: str = "model",
+    def __init__(self, model: Transformer | None, tokenizer: Tokenizer, *, name: str = "model",
                  require_fim: bool = True, fim_layout: str = "psm",
                  ngrams: NGramTable | None = None, heads: FutureHeads | None = None,
-                 gate: Gate | None = None):
-        self.model = model
+                 gate: Gate | None = None, remote: Remote | None = None,
+                 context: int | None = None):
+        self.model = model  # None when the model runs on other engines (`remote`)
+        self.remote = remote
         self.tokenizer = tokenizer
         try:
             self.fim: fim.FimTokens | None = fim.detect(tokenizer, fim_layout)
@@ -108,13 +112,13 @@ class Engine:
             if require_fim:
                 raise
             self.fim = None  # plain left-to-right completion only; a suffix is refused
-        self.context = model.config.max_position_embeddings
+        self.context = context or model.config.max_position_embeddings
         self.name = name
         self.ngrams = ngrams  # the corpus drafter's table (ngram_table.py), if the model has one
         self.heads = heads  # the model's multi-token heads (runtime/heads.py), if it has them
         self.gate = gate  # the model's confidence gate (confidence.py), if it has one
         self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams, heads=heads,
-                                     output=model.output)  # outlives requests
+                                     output=model.output if model else None)  # outlives requests
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
         # n-gram tables of the workspaces requests name (`project`), for the workspace drafter
         self.workspace_tables: dict[str, NGramTable] = {}
@@ -129,7 +133,13 @@ class Engine:
 
     @classmethod
     def load(cls, directory: str | Path, dtype: str = "auto", require_fim: bool = True) -> Engine:
+        """The engine of a checkpoint directory (Hugging Face layout, with what lies beside the
+        weights: n-gram table, multi-token heads, gate) or of one GGUF file."""
         directory = Path(directory)
+        if gguf_io.is_gguf(directory):
+            model, tokenizer, layout = gguf_io.load(directory, resolve_dtype(dtype))
+            return cls(model, tokenizer, name=directory.stem, require_fim=require_fim,
+                       fim_layout=layout)
         tokenizer = Tokenizer.from_file(directory / "tokenizer.json")
         if require_fim:
             fim.detect(tokenizer)  # before the weights: fail fast on a checkpoint without FIM tokens
@@ -138,6 +148,36 @@ class Engine:
         return cls(model, tokenizer, name=directory.name, require_fim=require_fim,
                    fim_layout=fim_layout(directory), ngrams=ngram_table.beside(directory),
                    heads=heads, gate=Gate.for_model(directory))
+
+    @classmethod
+    def open(cls, model: str | Path, dtype: str = "auto", engines: tuple[str, ...] = (),
+             require_fim: bool = True) -> Engine:
+        """`served` on `engines` when any are given, else `load`."""
+        if engines:
+            return cls.served(list(engines), model, require_fim=require_fim)
+        return cls.load(model, dtype, require_fim=require_fim)
+
+    @classmethod
+    def served(cls, urls: list[str], directory: str | Path, require_fim: bool = True) -> Engine:
+        """An engine whose model runs on the vLLM or llama.cpp servers at `urls` (replicas of
+        one model); the tokenizer, the FIM template and the context length come from the local
+        checkpoint directory, its gate too. The weights are not loaded here."""
+        directory = Path(directory)
+        if gguf_io.is_gguf(directory):
+            raise ValueError("with --engine, --model names a checkpoint directory (its tokenizer "
+                             "and FIM template), not a GGUF file")
+        tokenizer = Tokenizer.from_file(directory / "tokenizer.json")
+        config = load_config(directory)
+        return cls(None, tokenizer, name=directory.name, require_fim=require_fim,
+                   fim_layout=fim_layout(directory), gate=Gate.for_model(directory),
+                   remote=Remote(urls, len(tokenizer.token_bytes)),
+                   context=config.max_position_embeddings)
+
+    def cursor_mode(self, request: CompletionRequest) -> str:
+        """The cursor mode a request gets: on remote engines, exact falls back (remote.py)."""
+        if self.remote is not None:
+            return CURSOR_FALLBACK.get(request.cursor_mode, request.cursor_mode)
+        return request.cursor_mode
 
     @property
     def end_ids(self) -> frozenset[int]:
@@ -175,6 +215,20 @@ class Engine:
                       start + request.time_budget_ms / 1000 if request.time_budget_ms else None)
         out.exit_gate = self.gate if gating else None
         out.stats.shape = cursor_shape(context, out.rule.mode)
+        if self.remote is not None:  # the engines there keep their own caches
+            begun, cached = Begun(None, need=prompt.forced), 0
+            gen = self.decode(request, context, prompt, begun, None, out, None, max_tokens, abort)
+        else:
+            begun, gen, cached = self.run(request, context, prompt, out, slots, max_tokens)
+        made = replace(Completion.made(request, out, prompt, begun, gen, cached, start),
+                       stats=out.stats)
+        return self.finish(made, out, threshold, gating, on_text)
+
+    def run(self, request: CompletionRequest, context: CursorContext | None, prompt: Prompt,
+            out: _Output, slots: SlotPool | None, max_tokens: int
+            ) -> tuple[Begun, Generation, int]:
+        """The in-process model's part, in a KV slot when there are slots: the cursor mode's
+        start, then decoding. Also how many prompt tokens the slot held already."""
         slot, cached = (slots.acquire(prompt.ids, request.reuse) if slots is not None
                         else (None, 0))
         cached = min(cached, len(prompt.ids) - 1)  # the last prompt token runs: its logits count
@@ -189,8 +243,11 @@ class Engine:
             gen = self.decode(request, context, prompt, begun, cache, out, generator, max_tokens)
         if slot is not None:
             slot.ids = (prompt.ids + list(begun.path) + gen.tokens)[:gen.cache_valid]
-        made = replace(Completion.made(request, out, prompt, begun, gen, cached, start),
-                       stats=out.stats)
+        return begun, gen, cached
+
+    def finish(self, made: Completion, out: _Output, threshold: float, gating: bool,
+               on_text: Callable[[str], None] | None) -> Completion:
+        """The completion as the gate leaves it; a gated one is sent now, whole."""
         if self.gate is not None:
             made = self.gated(made, out, threshold if gating else 0.0)
             if gating and on_text is not None and made.text:
@@ -234,7 +291,7 @@ class Engine:
         farthest from the cursor are the first dropped when they do not fit.
         """
         self.check(request)
-        mode = CURSOR_MODES[request.cursor_mode]
+        mode = CURSOR_MODES[self.cursor_mode(request)]
         reserve = mode.reserve(self.tokenizer, request.prefix, self.context // 8)
         budget = self.context - max_tokens - reserve - (self.fim.overhead if self.fim else 0)
         if budget < 0:
@@ -292,8 +349,9 @@ class Engine:
         return found, len(members)
 
     def decode(self, request: CompletionRequest, context: CursorContext | None, prompt: Prompt,
-               begun: Begun, cache: KVCache, out: _Output, generator: torch.Generator | None,
-               max_tokens: int) -> Generation:
+               begun: Begun, cache: KVCache | None, out: _Output,
+               generator: torch.Generator | None, max_tokens: int,
+               abort: Callable[[], bool] | None = None) -> Generation:
         """Tokens after the prompt phase, to the end token, a stop, the limit or an abort."""
         done = len(prompt.ids) + len(begun.path)
         if begun.ended:
@@ -301,8 +359,17 @@ class Engine:
         out.skip = len(begun.need)  # spelled again by the first tokens: already in the text
         constraints, out.members = self.constraints(request, context if max_tokens > 0 else None,
                                                     out, begun.need)
-        run = self.speculator.generate if request.speculative else generate
         end_ids, stats = self.end_ids, out.stats
+        if self.remote is not None:
+            def seen(step: Step) -> None:
+                stats.observe_top(step.logprob, step.top, step.token)
+
+            return self.remote.generate(
+                prompt.ids, min(max_tokens, self.context - done), end_ids=end_ids,
+                sampling=request.sampling, should_stop=out.feed_token, constraints=constraints,
+                observe=seen, abort=abort,
+                key=request.path or request.project or request.prefix[:200])
+        run = self.speculator.generate if request.speculative else generate
 
         def observe(logits: torch.Tensor, token: int) -> None:
             if token not in end_ids:

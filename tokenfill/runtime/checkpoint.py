@@ -132,13 +132,26 @@ def load_model(directory: str | Path, dtype: torch.dtype = torch.float32) -> Tra
                 if name.endswith("rotary_emb.inv_freq"):
                     continue
                 state[name] = f.get_tensor(key).to(dtype)
+    return from_state(config, state, directory)
+
+
+def from_state(config: ModelConfig, state: dict[str, torch.Tensor], source: Path | str) -> Transformer:
+    """The network holding `state` (HF names without `model.`), in eval mode; `source` names the
+    checkpoint in errors."""
+    with torch.device("meta"):
+        model = Transformer(config)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     expected = {k for k in model.state_dict() if not (config.tie_word_embeddings and k == "lm_head.weight")}
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
-        raise CheckpointError(f"weights of {directory} do not match its config.json: "
+        raise CheckpointError(f"weights of {source} do not match its config: "
                               f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    wrong = [f"{name} {tuple(state[name].shape)} (config: {tuple(t.shape)})"
+             for name, t in model.state_dict().items() if name in state
+             and tuple(state[name].shape) != tuple(t.shape)]
+    if wrong:
+        raise CheckpointError(f"weights of {source} do not match its config: {'; '.join(wrong[:3])}")
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
@@ -200,3 +213,33 @@ def shard_groups(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> lis
         groups[-1].append(name)
         size += n
     return groups
+
+
+def export_hf(directory: str | Path, out: str | Path) -> Path:
+    """A copy of the checkpoint that other engines load as they load any Hugging Face model:
+    the weights listed in `model.safetensors.index.json` (vLLM otherwise reads every
+    `*.safetensors` file, the n-gram table beside the model too), and config.json naming the end
+    token (`eos_token_id`), which decides where those engines stop. Returns the folder."""
+    import shutil
+
+    from tokenfill.runtime.tokenizer import Tokenizer
+
+    directory, out = Path(directory), Path(out)
+    load_config(directory)  # refuses what this runtime would not load either
+    files = weight_files(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for path in files:
+        shutil.copyfile(path, out / path.name)
+        with safe_open(str(path), framework="pt") as f:
+            weight_map.update(dict.fromkeys(f.keys(), path.name))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    shutil.copyfile(directory / "tokenizer.json", out / "tokenizer.json")
+    config = json.loads((directory / "config.json").read_text())
+    end = Tokenizer.from_file(directory / "tokenizer.json").token_id("<|endoftext|>")
+    if end is not None:
+        config.setdefault("eos_token_id", end)
+        config.setdefault("bos_token_id", end)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out

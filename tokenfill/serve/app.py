@@ -38,6 +38,7 @@ from starlette.routing import Route
 from tokenfill.completion.engine import Engine
 from tokenfill.context.workspace import Workspaces
 from tokenfill.paths import BUNDLED_MODEL, STATIC
+from tokenfill.runtime.remote import CURSOR_FALLBACK as REMOTE_FALLBACKS
 from tokenfill.serve import openapi
 from tokenfill.serve.protocols import llamacpp, mistral, ollama, openai
 from tokenfill.serve.protocols.common import ClientGone, HTTPError
@@ -66,6 +67,7 @@ class ServerSettings:
     workspace: Path | None = None                    # retrieved into every prompt (off: None)
     context_tokens: int | None = None                # its budget (None: a quarter of the window)
     min_confidence: float | None = None              # for requests that do not say (None: gate's)
+    engines: tuple[str, ...] = ()                    # vLLM / llama.cpp servers running the model
 
     def served_hosts(self) -> frozenset[str] | None:
         """The names a request's Host header may give (port aside); None: any (the server is
@@ -172,10 +174,16 @@ async def playground(request: Request) -> HTMLResponse:
 
 
 async def stats(request: Request) -> JSONResponse:
-    """tokenfill's own counters: jobs completed / aborted / superseded / failed, KV slot reuse."""
+    """tokenfill's own counters: jobs completed / aborted / superseded / failed, KV slot reuse;
+    with remote engines, their state and how often a constrained step or a failover was needed."""
     worker = request.app.state.worker
     if worker is None:
         raise HTTPError(503, "the model is still loading; try again shortly")
+    remote = worker.engine.remote
+    if remote is not None:
+        return JSONResponse({"worker": asdict(worker.stats), "engines": remote.describe(),
+                             "constrained_steps": remote.restarts,
+                             "failovers": remote.failovers})
     return JSONResponse({"worker": asdict(worker.stats), "slots": asdict(worker.slots.stats)})
 
 
@@ -196,6 +204,18 @@ def workspaces_for(settings: ServerSettings, engine: Engine) -> Workspaces | Non
     return workspaces
 
 
+def log_engines(engine: Engine) -> None:
+    """What the remote engines are, and what they cannot do that a request may ask for."""
+    for problem in engine.remote.check():
+        log.warning("%s", problem)
+    for r in engine.remote.describe():
+        log.info("engine %s: %s", r["url"], r["kind"] or "not answering (retried on use)")
+    for asked, given in REMOTE_FALLBACKS.items():
+        log.info("on remote engines, cursor mode %s runs as %s", asked, given)
+    log.info("on remote engines, speculative decoding is the engine's own (tokenfill's draft "
+             "trees run in-process only)")
+
+
 def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starlette:
     """The ASGI app; pass `engine` to serve an already loaded one (tests), else it loads."""
 
@@ -203,13 +223,16 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starle
     async def lifespan(app: Starlette):
         def load() -> None:
             try:
-                loaded = engine or Engine.load(settings.model, settings.dtype, require_fim=False)
+                loaded = engine or Engine.open(settings.model, settings.dtype, settings.engines,
+                                               require_fim=False)
                 app.state.workspaces = workspaces_for(settings, loaded)
                 app.state.worker = Worker(loaded, n_slots=settings.n_slots,
                                           reuse=settings.cache_reuse,
                                           context=app.state.workspaces)
                 log.info("model %s ready (%s FIM)", loaded.name,
                          loaded.fim.format.name if loaded.fim else "no")
+                if loaded.remote is not None:
+                    log_engines(loaded)
             except Exception as e:  # reported by /health and every completion route
                 app.state.load_error = f"{type(e).__name__}: {e}"
                 log.error("model failed to load: %s", app.state.load_error)

@@ -1,10 +1,13 @@
-"""Start `tokenfill serve` as a subprocess on a free loopback port and wait until it is healthy.
+"""Start `tokenfill serve`, or another engine serving the model (vLLM, llama-server), as a
+subprocess on a free loopback port and wait until it is healthy.
 
-Used by the typing benchmark and by the end-to-end tests: both talk to the real server.
+Used by the benchmarks and by the end-to-end tests: they talk to the real servers.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +15,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from tokenfill.paths import REPO_ROOT
 
 
 def free_port() -> int:
@@ -59,4 +64,63 @@ class ServerProcess:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self._log.close()
+
+
+ENGINES = REPO_ROOT / ".engines"
+ENGINE_BUILDS = {"vllm": ENGINES / "vllm" / ".installed",
+                 "llama.cpp": ENGINES / "llama.cpp" / "llama-server"}
+
+
+def engine_missing(kind: str) -> str | None:
+    """Why the engine `kind` cannot run here (None: it can): `make engines` installs it."""
+    if ENGINE_BUILDS[kind].exists():
+        return None
+    failed = ENGINES / f"{kind}.failed"
+    why = failed.read_text().strip() if failed.is_file() else "not installed"
+    return f"{kind}: {why} (`make engines` installs vLLM and builds llama-server)"
+
+
+class EngineProcess:
+    """`make vllm-server` or `make llama-server` on a free loopback port, serving `model`, until
+    it answers; the whole process group is stopped at the end."""
+
+    def __init__(self, kind: str, model: Path, log_path: Path, *, slots: int = 4,
+                 timeout: float = 300):
+        target = {"vllm": "vllm-server", "llama.cpp": "llama-server"}[kind]
+        self.kind, self.port = kind, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            ["make", "-s", "-C", str(REPO_ROOT), target, f"PORT={self.port}",
+             f"MODEL={Path(model).resolve()}", f"SLOTS={slots}"],
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{target} exited:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{target} did not answer in {timeout:.0f} s:\n"
+                           f"{log_path.read_text()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the engine and everything it started (vLLM runs worker processes)."""
+        os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        try:
+            self.signal(signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
         self._log.close()

@@ -12,7 +12,8 @@
   instead of an in-process engine), `maxTokens`, `singleLine`, `debounceMs`, `cursorMode`
   (`exact`, `heal` or `none`: how a cursor inside a token is handled), `context` (false: the
   open file alone) and `contextTokens` (the workspace context's budget; 0: a quarter of the
-  model's window, or 512 tokens with `serverUrl`).
+  model's window, or 512 tokens with `serverUrl`). `tokenfill lsp --engine URL` runs the
+  in-process engine's model on vLLM or llama.cpp servers instead (runtime/remote.py).
 - Workspace context: the workspace folders (or the root) are indexed in the background
   (context/workspace.py) and each completion gets what they define that the cursor's code uses,
   and chunks like it, before the prefix; with `serverUrl` the context travels as `input_extra`.
@@ -145,11 +146,11 @@ class Answer:
 class InProcessBackend:
     """The engine in this process, behind the same worker the HTTP server uses."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, engines: tuple[str, ...] = ()):
         from tokenfill.completion.engine import Engine
         from tokenfill.serve.worker import Worker
 
-        self.worker = Worker(Engine.load(model), n_slots=2)
+        self.worker = Worker(Engine.open(model, engines=engines), n_slots=2)
 
     async def complete(self, key: str, request: CompletionRequest) -> Answer:
         from tokenfill.serve.worker import Job
@@ -224,6 +225,7 @@ class TokenfillServer(LanguageServer):
         self.ids = itertools.count(1)
         self.workspaces = Workspaces(budget=REMOTE_CONTEXT_TOKENS)
         self.telemetry = Telemetry(telemetry_path())
+        self.engines: tuple[str, ...] = ()  # vLLM / llama.cpp servers running the model
 
     def configure(self, options: Any) -> None:
         """Apply settings; a new model or server URL loads a new backend in a thread, so the
@@ -283,7 +285,8 @@ class TokenfillServer(LanguageServer):
                 log.warning("the previous backend had failed to load: %s", e)
             else:
                 old.close()
-        backend = RemoteBackend(url) if url else await asyncio.to_thread(InProcessBackend, model)
+        backend = RemoteBackend(url) if url else await asyncio.to_thread(
+            InProcessBackend, model, self.engines)
         log.info("backend: %s", url or model)
         self.workspaces.configure(**self.context_options(backend))
         return backend
@@ -505,7 +508,9 @@ async def llm_ls_get_completions(ls: TokenfillServer, params: Any) -> dict:
             "completions": [{"generated_text": a.text} for a in answers]}
 
 
-def main() -> None:
+def main(engines: tuple[str, ...] = ()) -> None:
+    """Serve over stdio; `engines`: vLLM or llama.cpp servers to run the model on (`--engine`)."""
+    server.engines = engines
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
     server._stop_event = threading.Event()

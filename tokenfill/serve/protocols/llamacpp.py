@@ -19,6 +19,7 @@ from starlette.routing import Route
 from tokenfill import __version__
 from tokenfill.completion.request import max_tokens_of
 from tokenfill.runtime.generate import Sampling
+from tokenfill.runtime.remote import CURSOR_FALLBACK
 from tokenfill.serve.protocols.common import (
     HTTPError,
     bad,
@@ -144,7 +145,15 @@ async def props(request: Request):
         "n_ctx": worker.engine.context if worker else None,
         "fim": worker.engine.fim.format.name if worker and worker.engine.fim else None,
         "build_info": f"tokenfill {__version__}",
+        **(remote_props(worker.engine) if worker and worker.engine.remote else {}),
     })
+
+
+def remote_props(engine) -> dict:
+    """Where the model runs when other engines run it, and what runs differently there."""
+    return {"engines": engine.remote.describe(),
+            "cursor_fallback": dict(CURSOR_FALLBACK),
+            "speculative": "the engines' own"}
 
 
 async def tokenize(request: Request):
