@@ -88,6 +88,12 @@ def gate(args: argparse.Namespace) -> str:
     return gate.run(args.model, per_kind=args.per_kind, humaneval=args.limit or 300)
 
 
+def engines(args: argparse.Namespace) -> str:
+    from benchmarks import engines
+
+    return engines.run(args.model, per_kind=args.per_kind)
+
+
 def fuzz(args: argparse.Namespace) -> str:
     from benchmarks import fuzz
 
@@ -96,7 +102,8 @@ def fuzz(args: argparse.Namespace) -> str:
 
 BENCHES = {"fuzz": fuzz, "runtime": runtime, "humaneval": humaneval, "typing": typing, "lsp": lsp,
            "cursor": cursor, "speculative": speculative, "syntax": syntax, "endings": endings,
-           "sizing": sizing, "tokenizer": tokenizer, "context": context, "gate": gate}
+           "sizing": sizing, "tokenizer": tokenizer, "context": context, "gate": gate,
+           "engines": engines}
 
 
 TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench yet
@@ -113,6 +120,7 @@ TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench ye
     "tokenizer": "Tokenizer vocabulary size",
     "context": "Repository context: with and without the workspace index",
     "gate": "The confidence gate: what is shown, and the compute it saves",
+    "engines": "Other engines: tokenfill in-process, over vLLM, over llama-server",
 }
 
 
@@ -138,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cursor: holes per token kind (identifier, number, operator, "
                         "indentation); speculative: holes per kind (block-body, multi-line, "
                         "humaneval-multi); syntax: holes per kind (whole-line, mid-line, "
-                        "block-body, dot-identifier); endings, context, gate: the same kinds")
+                        "block-body, dot-identifier); endings, context, gate: the same kinds; "
+                        "engines: whole-line and block-body holes")
     p.add_argument("--vocab", type=int, default=16384, help="sizing: the vocabulary size")
     p.add_argument("--corpus", type=Path, default=None,
                    help="tokenizer: a built corpus (file or folder of shards) to train on")

@@ -114,7 +114,9 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every request but /health")
-    p.add_argument("--slots", type=int, default=4, help="KV cache slots kept for reuse (default 4)")
+    p.add_argument("--slots", type=int, default=4,
+                   help="KV cache slots kept for reuse (default 4); with --engine, the requests "
+                        "sent to each engine at once")
     p.add_argument("--no-cache-reuse", action="store_true",
                    help="recompute every prompt from scratch (for comparison)")
     p.add_argument("--max-body-bytes", type=int, default=2 * 2**20,

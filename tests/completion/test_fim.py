@@ -30,6 +30,9 @@ FAMILIES = {
     "deepseek-coder": ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>",
                        "<｜fim▁begin｜>", "<｜fim▁end｜>"],
     "codellama": ["<s>", "</s>", "▁<PRE>", "▁<MID>", "▁<SUF>", "▁<EOT>"],
+    "codegemma": ["<bos>", "<eos>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+                  "<|file_separator|>"],
+    "codestral": ["<s>", "</s>", "[PREFIX]", "[SUFFIX]"],
 }
 
 
@@ -82,8 +85,12 @@ def test_format_is_detected_from_special_tokens(family):
     fmt = fim.FORMATS[family]
     prompt = found.prompt(tok.encode("a = 1\n"), tok.encode("\nb = 2"))
     expected_head = [tok.token_id(fmt.bos)] if fmt.bos else []
-    assert prompt[:len(expected_head) + 1] == expected_head + [tok.token_id(fmt.prefix)]
-    assert prompt[-1] == tok.token_id(fmt.middle)
+    first = fmt.suffix if fmt.layout == "spm" else fmt.prefix  # a family trained on one layout
+    assert prompt[:len(expected_head) + 1] == expected_head + [tok.token_id(first)]
+    if fmt.middle is not None:
+        assert prompt[-1] == tok.token_id(fmt.middle)
+    else:  # Codestral: the prefix's text runs into the middle
+        assert prompt[-len(tok.encode("a = 1\n")):] == tok.encode("a = 1\n")
     assert prompt.count(tok.token_id(fmt.suffix)) == 1
     assert found.stops and all(isinstance(i, int) for i in found.stops)
     assert len(prompt) == found.overhead + len(tok.encode("a = 1\n")) + len(tok.encode("\nb = 2"))

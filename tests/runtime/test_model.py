@@ -121,8 +121,18 @@ def test_config_refuses_what_it_cannot_run():
         ModelConfig.from_hf({**base, "model_type": "gpt2"})
     with pytest.raises(ValueError, match="rope_scaling"):
         ModelConfig.from_hf({**base, "model_type": "llama", "rope_scaling": {"rope_type": "yarn"}})
+    with pytest.raises(ValueError, match="hidden_act"):
+        ModelConfig.from_hf({**base, "hidden_act": "relu2"})
     assert ModelConfig.from_hf({**base, "model_type": "qwen2"}).attention_bias
     assert ModelConfig.from_hf(base).num_key_value_heads == 2
+    # Qwen2 names a window it does not use; Mistral uses the one it names
+    assert ModelConfig.from_hf({**base, "model_type": "qwen2", "sliding_window": 8,
+                                "use_sliding_window": False}).sliding_window is None
+    assert ModelConfig.from_hf({**base, "model_type": "mistral", "sliding_window": 8,
+                                "use_sliding_window": None}).sliding_window == 8
+    linear = ModelConfig.from_hf({**base, "rope_parameters": {"rope_type": "linear",
+                                                              "factor": 4.0, "rope_theta": 5e5}})
+    assert linear.rope_scaling_factor == 4.0 and linear.rope_theta == 5e5
 
 
 # --- against Hugging Face transformers' own implementation -----------------------------------
@@ -163,6 +173,67 @@ def test_logits_equal_transformers(kind, tmp_path):
                            [ours(tokens[:, i:i + 1], i, cache) for i in range(30, 50)], dim=1)
     assert torch.allclose(got, expected, atol=ATOL), (got - expected).abs().max()
     assert torch.allclose(cached, expected, atol=ATOL), (cached - expected).abs().max()
+
+
+def _hf_family(kind: str, tmp_path):
+    """A tiny random checkpoint of each other family, written by `transformers` itself: a sliding
+    window shorter than the sequences, linear RoPE scaling, Gemma's norms and embeddings,
+    StarCoder2's biases and plain MLP."""
+    transformers = pytest.importorskip("transformers")
+    common = dict(vocab_size=120, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    if kind == "mistral":
+        config = transformers.MistralConfig(**common, sliding_window=24, head_dim=16)
+        cls = transformers.MistralForCausalLM
+    elif kind == "gemma":
+        config = transformers.GemmaConfig(**common, head_dim=32)
+        cls = transformers.GemmaForCausalLM
+    elif kind == "starcoder2":
+        config = transformers.Starcoder2Config(**common, sliding_window=24, use_bias=True)
+        cls = transformers.Starcoder2ForCausalLM
+    else:  # deepseek-coder: a Llama with linear RoPE scaling
+        config = transformers.LlamaConfig(**common, rope_scaling={"rope_type": "linear",
+                                                                  "factor": 4.0})
+        cls = transformers.LlamaForCausalLM
+    torch.manual_seed(0)
+    hf = cls(config).eval()
+    with torch.no_grad():  # biases and norm weights start at 0 or 1; make them count
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    return hf
+
+
+@pytest.mark.parametrize("kind", ["mistral", "gemma", "starcoder2", "deepseek-linear-rope"])
+def test_other_families_equal_transformers(kind, tmp_path):
+    """Full passes, a long cached prompt (the fused kernel), short chunks and single steps,
+    against transformers, on sequences longer than the window."""
+    hf = _hf_family(kind, tmp_path)
+    ours = load_model(tmp_path, torch.float32)
+    tokens = torch.randint(0, 120, (1, 110), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = hf(tokens).logits.float()
+        full = ours(tokens)
+        cache = ours.new_cache(1, 128)
+        cached = torch.cat([ours(tokens[:, :70], 0, cache), ours(tokens[:, 70:80], 70, cache)] +
+                           [ours(tokens[:, i:i + 1], i, cache) for i in range(80, 110)], dim=1)
+    assert torch.allclose(full, expected, atol=ATOL), (full - expected).abs().max()
+    assert torch.allclose(cached, expected, atol=ATOL), (cached - expected).abs().max()
+    assert torch.allclose(reference_logits(ours, tokens), expected, atol=ATOL)
+
+
+def test_a_window_hides_only_what_lies_behind_it():
+    config = tiny_config(50, sliding_window=8)
+    model = Transformer.init_random(config, seed=2).eval()
+    tokens = torch.randint(0, 50, (1, 40), generator=torch.Generator().manual_seed(1))
+    changed = tokens.clone()
+    changed[0, 5] = (changed[0, 5] + 1) % 50
+    with torch.no_grad():
+        a, b = model(tokens)[0], model(changed)[0]
+    # layer by layer the window reaches back 7 positions more: two layers see 14 back
+    assert not torch.allclose(a[5:20], b[5:20])
+    assert torch.allclose(a[5 + 2 * 7 + 1:], b[5 + 2 * 7 + 1:], atol=1e-6)
 
 
 def test_transposed_projections_keep_values_names_and_ties():

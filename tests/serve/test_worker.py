@@ -112,3 +112,26 @@ def test_a_worker_without_reuse_turns_reuse_off_for_every_job():
         return engine
 
     assert asyncio.run(main()).requests[0].reuse is False
+
+
+def test_remote_engines_run_jobs_side_by_side_in_process_ones_one_at_a_time():
+    """Several threads only where the model runs elsewhere: in-process jobs share one model."""
+    async def started_together(remote: bool) -> int:
+        engine = FakeEngine()
+        engine.remote = object() if remote else None
+        engine.gate = threading.Event()
+        worker = Worker(engine, n_slots=1, threads=3)
+        jobs = [Job(request=request(f"job{i}"), key=f"client{i}") for i in range(3)]
+        for job in jobs:
+            worker.submit(job)
+        await asyncio.sleep(0.3)
+        running = len(engine.requests)
+        engine.gate.set()
+        results = [await finish(job) for job in jobs]
+        worker.close()
+        assert all(kind == "done" for kind, _, _ in results)
+        assert worker.stats.completed == 3
+        return running
+
+    assert asyncio.run(started_together(remote=True)) == 3
+    assert asyncio.run(started_together(remote=False)) == 1

@@ -5,11 +5,13 @@ in ids (the context fitted to the model's window, prefix favoured, cut at line b
 cursor mode starts the middle, decoding runs on ids under its constraints, the stop rule
 watches each new token, and the model's confidence gate (confidence.py) scores the completion,
 stopping it early, cutting it or holding it back when it is unlikely to be kept. The engine
-holds one model; it is not thread-safe (a server serialises calls to it).
+holds one model; in-process it is not thread-safe (a server serialises calls to it), while with
+the model on remote engines several requests may run at once.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -130,6 +132,9 @@ class Engine:
         # texts fitting the context encoded lately: while a person types, the suffix and its
         # windows come back request after request
         self.encoded: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        # with remote engines several requests run at once (serve/worker.py): what they share
+        # here (the encodings kept, the member lookups' cache) is taken under this lock
+        self.shared = threading.Lock()
 
     @classmethod
     def load(cls, directory: str | Path, dtype: str = "auto", require_fim: bool = True) -> Engine:
@@ -313,13 +318,16 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         """The text's ids, kept for the texts fitted lately: while a person types, the suffix and
         its windows come back request after request."""
-        ids = self.encoded.get(text)
-        if ids is None:
-            ids = self.encoded[text] = tuple(self.tokenizer.encode(text))
+        with self.shared:
+            ids = self.encoded.get(text)
+            if ids is not None:
+                self.encoded.move_to_end(text)
+                return list(ids)
+        ids = tuple(self.tokenizer.encode(text))
+        with self.shared:
+            self.encoded[text] = ids
             if len(self.encoded) > ENCODED_TEXTS:
                 self.encoded.popitem(last=False)
-        else:
-            self.encoded.move_to_end(text)
         return list(ids)
 
     def stop_rule(self, request: CompletionRequest, context: CursorContext | None) -> StopRule:
@@ -340,8 +348,9 @@ class Engine:
             found.append(cursor.Constraint(self.tokenizer, need))
         members: tuple[str, ...] = ()
         if context is not None and context.after_dot:
-            members = self.monitor.members(request.prefix, request.suffix, context, request.path,
-                                           request.project)
+            with self.shared:
+                members = self.monitor.members(request.prefix, request.suffix, context,
+                                               request.path, request.project)
             if members:
                 found.append(MemberConstraint(self.tokenizer, members, before))
         if context is not None and self.hold_end:

@@ -30,15 +30,21 @@ class FimFormat:
     name: str
     prefix: str
     suffix: str
-    middle: str
+    middle: str | None              # None: the middle follows the last part directly (Codestral)
     stops: tuple[str, ...]          # tokens that end the middle (those missing from a vocab are skipped)
     bos: str | None = None          # token that opens every prompt, if the family uses one
     file_sep: str | None = None     # the family's token before each file of a repository
     repo_name: str | None = None    # the family's token before the repository's name
+    requires: tuple[str, ...] = ()  # more tokens the vocabulary must hold for the format to match
+    layout: str | None = None       # the only layout the family was trained on, if it has one
 
 
 # Checked in this order; the first whose prefix, suffix and middle tokens all exist wins.
 FORMATS: dict[str, FimFormat] = {f.name: f for f in [
+    # CodeGemma shares Qwen2.5-Coder's three FIM tokens; its file separator tells them apart
+    FimFormat("codegemma", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
+              ("<|file_separator|>", "<eos>", "<|fim_prefix|>", "<|fim_suffix|>",
+               "<|fim_middle|>"), bos="<bos>", requires=("<|file_separator|>",)),
     FimFormat("qwen2.5-coder", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
               ("<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|im_end|>",
                "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
@@ -49,6 +55,8 @@ FORMATS: dict[str, FimFormat] = {f.name: f for f in [
     FimFormat("deepseek-coder", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
               ("<｜end▁of▁sentence｜>", "<|EOT|>"), bos="<｜begin▁of▁sentence｜>"),
     FimFormat("codellama", "▁<PRE>", "▁<SUF>", "▁<MID>", ("▁<EOT>", "</s>"), bos="<s>"),
+    # Codestral: `[SUFFIX] suffix [PREFIX] prefix`, and the middle straight after
+    FimFormat("codestral", "[PREFIX]", "[SUFFIX]", None, ("</s>",), bos="<s>", layout="spm"),
 ]}
 
 
@@ -61,7 +69,7 @@ class FimTokens:
     format: FimFormat
     prefix: int
     suffix: int
-    middle: int
+    middle: int | None
     stops: frozenset[int]
     bos: int | None
     layout: str = "psm"
@@ -78,13 +86,14 @@ class FimTokens:
                 head = [*head, *context.ids]
             else:
                 prefix_ids = [*context.ids, *prefix_ids]
+        middle = [self.middle] if self.middle is not None else []
         if self.layout == "spm":
-            return [*head, self.suffix, *suffix_ids, self.prefix, *prefix_ids, self.middle]
-        return [*head, self.prefix, *prefix_ids, self.suffix, *suffix_ids, self.middle]
+            return [*head, self.suffix, *suffix_ids, self.prefix, *prefix_ids, *middle]
+        return [*head, self.prefix, *prefix_ids, self.suffix, *suffix_ids, *middle]
 
     @property
     def overhead(self) -> int:
-        return 3 + (self.bos is not None)
+        return 2 + (self.middle is not None) + (self.bos is not None)
 
 
 def detect(tokenizer: Tokenizer, layout: str = "psm") -> FimTokens:
@@ -92,16 +101,20 @@ def detect(tokenizer: Tokenizer, layout: str = "psm") -> FimTokens:
     if layout not in LAYOUTS:
         raise ValueError(f"unknown FIM layout {layout!r}; choose {' or '.join(LAYOUTS)}")
     for fmt in FORMATS.values():
-        ids = [tokenizer.token_id(t) for t in (fmt.prefix, fmt.suffix, fmt.middle)]
-        if None in ids:
+        ids = [tokenizer.token_id(t) for t in (fmt.prefix, fmt.suffix)]
+        ids.append(tokenizer.token_id(fmt.middle) if fmt.middle else None)
+        needed = [*ids[:2], *(ids[2:] if fmt.middle else []),
+                  *map(tokenizer.token_id, fmt.requires)]
+        if None in needed:
             continue
         stops = frozenset(i for i in map(tokenizer.token_id, fmt.stops) if i is not None)
         bos = tokenizer.token_id(fmt.bos) if fmt.bos else None
         file_sep = tokenizer.token_id(fmt.file_sep) if fmt.file_sep else None
         repo_name = tokenizer.token_id(fmt.repo_name) if fmt.repo_name else None
-        return FimTokens(fmt, *ids, stops=stops, bos=bos, layout=layout, file_sep=file_sep,
-                         repo_name=repo_name)
-    looked_for = "; ".join(f"{f.name}: {f.prefix} {f.suffix} {f.middle}" for f in FORMATS.values())
+        return FimTokens(fmt, *ids, stops=stops, bos=bos, layout=fmt.layout or layout,
+                         file_sep=file_sep, repo_name=repo_name)
+    looked_for = "; ".join(f"{f.name}: {f.prefix} {f.suffix} {f.middle or ''}".rstrip()
+                           for f in FORMATS.values())
     raise FimUnsupportedError(
         "this checkpoint's tokenizer has no fill-in-the-middle tokens, so it cannot complete at a "
         f"cursor with a suffix. tokenfill needs a FIM-trained code model (looked for {looked_for})")

@@ -1,4 +1,7 @@
-"""A compact Llama-family decoder (Llama, Qwen2 / Qwen2.5-Coder, the bundled model) and its KV cache.
+"""A compact decoder for the Llama family and its relatives (Llama and CodeLlama, DeepSeek-Coder,
+Qwen2 / Qwen2.5-Coder, Mistral / Codestral, CodeGemma, StarCoder2, the bundled model) and its KV
+cache. The families differ in a few switches (`FAMILIES`): norms, the MLP, biases, a sliding
+window, RoPE scaling, scaled embeddings.
 
 The network takes token ids and returns logits; it knows nothing of text. Parameter names follow the
 Hugging Face layout (minus the leading `model.`), so checkpoints load without renaming tables.
@@ -34,6 +37,15 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q, k, v projections (Qwen2 always has it)
     model_type: str = "llama"
+    # what the families differ in (FAMILIES sets them from model_type)
+    rope_scaling_factor: float = 1.0   # linear RoPE scaling: positions divided by it
+    sliding_window: int | None = None  # a query sees the last this-many positions (itself too)
+    norm: str = "rms"                  # "rms"; "rms_offset": scaled by 1 + weight; "layer"
+    mlp: str = "gated"                 # "gated": down(act(gate) * up); "plain": c_proj(act(c_fc))
+    activation: str = "silu"           # "silu", "gelu_tanh" or "gelu"
+    mlp_bias: bool = False
+    o_bias: bool = False               # bias on the attention's output projection
+    embed_scale: bool = False          # embeddings times sqrt(hidden_size)
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -44,24 +56,34 @@ class ModelConfig:
     def from_hf(cls, cfg: dict) -> ModelConfig:
         """Build from a Hugging Face config.json dict; refuse what this runtime does not implement."""
         model_type = cfg.get("model_type", "llama")
-        if model_type not in ARCHITECTURES:
+        if model_type not in FAMILIES:
             raise ValueError(f"model_type {model_type!r} is not supported; "
-                             f"supported: {', '.join(sorted(ARCHITECTURES))}")
-        scaling = cfg.get("rope_scaling")
-        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-            raise ValueError(f"rope_scaling {scaling!r} is not supported by this runtime")
-        if cfg.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (only silu)")
-        if cfg.get("mlp_bias"):
-            raise ValueError("mlp_bias is not supported")
-        known = {f.name for f in fields(cls)}
+                             f"supported: {', '.join(sorted(FAMILIES))}")
+        family = FAMILIES[model_type]
+        known = {f.name for f in fields(cls)} - set(family) - {"rope_scaling_factor"}
         args = {k: v for k, v in cfg.items() if k in known and v is not None}
         args.setdefault("num_key_value_heads", cfg["num_attention_heads"])
-        args["model_type"] = model_type
-        ARCHITECTURES[model_type](args)
+        args.update(model_type=model_type, **{k: v for k, v in family.items() if k != "use_bias"},
+                    **rope_of(cfg))
+        act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+        if model_type == "gemma" and cfg.get("hidden_activation") is None:
+            act = "gelu_pytorch_tanh"  # what Gemma runs whatever hidden_act says
+        if act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {act!r} is not supported ({', '.join(ACTIVATIONS)})")
+        args["activation"] = ACTIVATIONS[act]
+        if "norm_epsilon" in cfg:
+            args["rms_norm_eps"] = cfg["norm_epsilon"]
+        if family.get("use_bias"):
+            bias = bool(cfg.get("use_bias", True))
+            args.update(attention_bias=bias, o_bias=bias, mlp_bias=bias)
+        if cfg.get("use_sliding_window") is False:  # Qwen2 names a window it does not use
+            args.pop("sliding_window", None)
         return cls(**args)
 
     def to_hf(self) -> dict:
+        rope = ({"rope_scaling": {"rope_type": "linear", "factor": self.rope_scaling_factor}}
+                if self.rope_scaling_factor != 1.0 else {})
+        window = {"sliding_window": self.sliding_window} if self.sliding_window else {}
         return {
             "architectures": [HF_CLASS[self.model_type]],
             "model_type": self.model_type,
@@ -77,29 +99,52 @@ class ModelConfig:
             "rope_theta": self.rope_theta,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
-            "hidden_act": "silu",
+            "hidden_act": HF_ACTIVATION[self.activation],
+            **rope, **window,
             "torch_dtype": "bfloat16",
         }
 
     def num_parameters(self) -> int:
         d, hd = self.hidden_size, self.head_dim
         attn = d * hd * (self.num_attention_heads * 2 + self.num_key_value_heads * 2)
-        layer = attn + 3 * d * self.intermediate_size + 2 * d
+        layer = attn + (3 if self.mlp == "gated" else 2) * d * self.intermediate_size + 2 * d
         embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
         return self.num_hidden_layers * layer + embed + d
 
 
-def _llama(args: dict) -> None:
-    args.setdefault("attention_bias", False)
+def rope_of(cfg: dict) -> dict:
+    """RoPE's base and linear scaling from `rope_scaling` / `rope_theta` or, as newer configs
+    write them, `rope_parameters`; other scalings are refused."""
+    params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or params
+    kind = scaling.get("rope_type", scaling.get("type")) if scaling else None
+    if kind not in (None, "default", "linear"):
+        raise ValueError(f"rope_scaling {scaling!r} is not supported by this runtime (default "
+                         f"and linear are)")
+    out = {}
+    theta = cfg.get("rope_theta") or params.get("rope_theta")
+    if theta:
+        out["rope_theta"] = float(theta)
+    if kind == "linear":
+        out["rope_scaling_factor"] = float(scaling["factor"])
+    return out
 
 
-def _qwen2(args: dict) -> None:
-    args["attention_bias"] = True  # Qwen2 has biases on q, k and v (not on o)
-
-
-# model_type -> adjustments of the config; the network is the same for all.
-ARCHITECTURES = {"llama": _llama, "qwen2": _qwen2}
-HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# model_type -> what sets the family apart (the rest comes from config.json); use_bias: one
+# switch for every projection's bias (StarCoder2)
+FAMILIES: dict[str, dict] = {
+    "llama": {},                           # Llama, CodeLlama, DeepSeek-Coder (linear RoPE)
+    "qwen2": {"attention_bias": True},     # Qwen2 / Qwen2.5-Coder: biases on q, k, v
+    "mistral": {},                         # Mistral, Codestral: a sliding window
+    "gemma": {"norm": "rms_offset", "embed_scale": True},  # CodeGemma
+    "starcoder2": {"norm": "layer", "mlp": "plain", "use_bias": True},
+}
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh",
+               "gelu": "gelu"}  # config.json's name -> ours
+HF_ACTIVATION = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "mistral": "MistralForCausalLM", "gemma": "GemmaForCausalLM",
+            "starcoder2": "Starcoder2ForCausalLM"}
 
 
 class KVCache(nn.Module):
@@ -131,15 +176,24 @@ class KVCache(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, offset: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.offset = offset  # Gemma scales by 1 + weight (its weights start at zero)
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.offset:
+            return (x32 * (1.0 + self.weight.float())).to(x.dtype)
         return self.weight * x32.to(x.dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "layer":
+        return nn.LayerNorm(config.hidden_size, eps=config.rms_norm_eps)
+    return RMSNorm(config.hidden_size, config.rms_norm_eps, offset=config.norm == "rms_offset")
 
 
 def rope_tables(config: ModelConfig, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,6 +201,7 @@ def rope_tables(config: ModelConfig, positions: Tensor) -> tuple[Tensor, Tensor]
     hd = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32,
                                                     device=positions.device) / hd))
+    inv_freq = inv_freq / config.rope_scaling_factor  # linear scaling: positions / factor
     angles = positions.float()[:, None] * inv_freq[None, :]  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -172,7 +227,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(d, self.n_head * hd, bias=bias)
         self.k_proj = nn.Linear(d, self.n_kv * hd, bias=bias)
         self.v_proj = nn.Linear(d, self.n_kv * hd, bias=bias)
-        self.o_proj = nn.Linear(self.n_head * hd, d, bias=False)
+        self.o_proj = nn.Linear(self.n_head * hd, d, bias=config.o_bias)
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor, queries: int | None = None,
             ) -> tuple[Tensor, Tensor, Tensor]:
@@ -235,24 +290,46 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> T
     return (probs @ v).view(B, H, T, hd)
 
 
+def activation(name: str):
+    if name == "gelu_tanh":
+        return lambda x: F.gelu(x, approximate="tanh")
+    return F.gelu if name == "gelu" else F.silu
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        d, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(d, m, bias=bias)
+        self.up_proj = nn.Linear(d, m, bias=bias)
+        self.down_proj = nn.Linear(m, d, bias=bias)
+        self.act = activation(config.activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PlainMLP(nn.Module):
+    """StarCoder2's: no gate."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.c_fc = nn.Linear(d, m, bias=bias)
+        self.c_proj = nn.Linear(m, d, bias=bias)
+        self.act = activation(config.activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = make_norm(config)
         self.self_attn = Attention(config)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp = MLP(config) if config.mlp == "gated" else PlainMLP(config)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: KVCache | None, layer: int, start: int, queries: int | None = None,
@@ -269,7 +346,7 @@ class Transformer(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -292,12 +369,15 @@ class Transformer(nn.Module):
         caller to pass through `output` and through the multi-token heads (heads.py).
         """
         B, T = tokens.shape
-        if cache is not None:
-            mask = attention_mask(mask, start, T)
         if positions is None:
             positions = torch.arange(start, start + T, device=tokens.device)
+        window = self.config.sliding_window
+        if window is not None and int(positions.max()) >= window:  # some key is out of reach
+            mask = windowed(mask, start, positions, window)
+        if cache is not None:
+            mask = attention_mask(mask, start, T)
         cos, sin = rope_tables(self.config, positions)
-        x = self.embed_tokens(tokens)
+        x = self.embed(tokens)
         last = len(self.layers) - 1
         for i, block in enumerate(self.layers):
             # with a cache, the last block runs attention and its MLP for the kept positions
@@ -310,6 +390,12 @@ class Transformer(nn.Module):
         if hidden:
             return self.norm(x)
         return self.output(self.norm(x), cache is not None).float()
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        x = self.embed_tokens(tokens)
+        if self.config.embed_scale:  # Gemma: times sqrt(hidden), rounded to the weights' dtype
+            x = x * torch.tensor(self.config.hidden_size ** 0.5, dtype=x.dtype)
+        return x
 
     def output(self, x: Tensor, inference: bool = False) -> Tensor:
         """The output layer: logits (B, T, vocab) for hidden states x (B, T, hidden). Several rows
@@ -406,6 +492,17 @@ def attention_mask(mask: Tensor | None, start: int, T: int) -> Tensor | None:
     return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
+def windowed(mask: Tensor | None, start: int, positions: Tensor, window: int) -> Tensor:
+    """`mask` (T, K) bool as `forward` takes it (None: causal) widened to all start+T keys,
+    with the keys that lie `window` or more positions behind a query hidden. The cache's slots
+    before `start` hold positions 0..start-1; the pass's own keys are at `positions`."""
+    T = positions.numel()
+    full = causal_mask(start, T) if mask is None else torch.cat(
+        [torch.ones(T, start + T - mask.shape[1], dtype=torch.bool), mask], dim=1)
+    keys = torch.cat([torch.arange(start), positions.cpu()])
+    return full & (keys[None, :] > positions.cpu()[:, None] - window)
+
+
 def causal_mask(start: int, T: int) -> Tensor:
     """(T, start+T) bool: query i (at position start+i) sees keys 0..start+i."""
     return torch.arange(start + T)[None, :] <= torch.arange(start, start + T)[:, None]
@@ -429,14 +526,17 @@ def reference_logits(model: Transformer, tokens: Tensor) -> Tensor:
     cfg = model.config
     B, T = tokens.shape
     cos, sin = rope_tables(cfg, torch.arange(T))
-    x = model.embed_tokens(tokens)
+    x = model.embed(tokens)
+    visible = causal_mask(0, T)
+    if cfg.sliding_window is not None:
+        visible &= torch.arange(T)[None, :] > torch.arange(T)[:, None] - cfg.sliding_window
     for block in model.layers:
         attn = block.self_attn
         q, k, v = attn.qkv(block.input_layernorm(x), cos, sin)
         rep = attn.n_head // attn.n_kv
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.hd)
-        scores = scores.masked_fill(~causal_mask(0, T), float("-inf"))
+        scores = scores.masked_fill(~visible, float("-inf"))
         y = (scores.softmax(-1) @ v.float()).to(x.dtype)
         x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, -1))
         x = x + block.mlp(block.post_attention_layernorm(x))

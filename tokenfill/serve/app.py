@@ -226,9 +226,10 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> Starle
                 loaded = engine or Engine.open(settings.model, settings.dtype, settings.engines,
                                                require_fim=False)
                 app.state.workspaces = workspaces_for(settings, loaded)
+                parallel = settings.n_slots * max(1, len(settings.engines))
                 app.state.worker = Worker(loaded, n_slots=settings.n_slots,
                                           reuse=settings.cache_reuse,
-                                          context=app.state.workspaces)
+                                          context=app.state.workspaces, threads=parallel)
                 log.info("model %s ready (%s FIM)", loaded.name,
                          loaded.fim.format.name if loaded.fim else "no")
                 if loaded.remote is not None:

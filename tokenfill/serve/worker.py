@@ -1,4 +1,5 @@
-"""The one model worker: a thread that runs queued completion jobs, one at a time.
+"""The model worker: a thread that runs queued completion jobs, one at a time (several threads
+when the model runs on remote engines, which batch what they are sent).
 
 Who runs next is the queue's business (first in, first out); how it runs is the engine's. A job
 is aborted between two decode steps when its client goes away or when a newer job with the same
@@ -68,7 +69,7 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, engine: Engine, *, n_slots: int = 4, reuse: bool = True,
-                 context: Workspaces | None = None):
+                 context: Workspaces | None = None, threads: int = 1):
         self.engine = engine
         self.context = context
         # remote engines keep their own prefix caches
@@ -79,8 +80,14 @@ class Worker:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._latest: dict[str, Job] = {}
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="tokenfill-worker", daemon=True)
-        self._thread.start()
+        # one in-process model runs one job at a time; remote engines batch what they are sent
+        # at once, so a worker for them runs `threads` jobs side by side
+        self._retrieval = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"tokenfill-worker-{i}",
+                                          daemon=True)
+                         for i in range(threads if engine.remote is not None else 1)]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, job: Job) -> None:
         if job.key is not None:
@@ -89,40 +96,48 @@ class Worker:
                 self._latest[job.key] = job
             if older is not None and not older.cancelled.is_set():
                 older.cancel("superseded")
-                self.stats.superseded += 1
+                self._count("superseded")
         self._queue.put(job)
 
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
             job.queue_ms = (time.perf_counter() - job.submitted) * 1000
             try:
                 if job.cancelled.is_set():  # cancelled while queued: no model time spent
-                    self.stats.aborted += 1
+                    self._count("aborted")
                     result = Completion.aborted()
                     log_job(job, result)
                     job.emit("done", result)
                     continue
                 request = job.request if self.reuse else replace(job.request, reuse=False)
                 if self.context is not None:
-                    request, job.retrieved = self.context.augment(request)
+                    with self._retrieval:
+                        request, job.retrieved = self.context.augment(request)
                 result = self.engine.complete(request, slots=self.slots,
                                               abort=job.cancelled.is_set,
                                               on_text=lambda piece: job.emit("text", piece))
                 if result.finish_reason == "aborted":
-                    self.stats.aborted += 1
+                    self._count("aborted")
                 else:
-                    self.stats.completed += 1
+                    self._count("completed")
                 if result.skipped:
-                    declined = self.stats.declined
-                    declined[result.skipped] = declined.get(result.skipped, 0) + 1
+                    with self._lock:
+                        declined = self.stats.declined
+                        declined[result.skipped] = declined.get(result.skipped, 0) + 1
                 log_job(job, result)
                 job.emit("done", result)
             except Exception as e:  # contained: one bad job never stops the worker
-                self.stats.failed += 1
+                self._count("failed")
                 log.exception("%s failed", job.id)
                 job.emit("error", f"{type(e).__name__}: {e}")
             finally:
