@@ -1,7 +1,9 @@
 """The real engines serving the bundled model (`make vllm-server`, `make llama-server`): greedy
 completions through them are the in-process ones on HumanEval holes, an abort ends the request,
-a replica that stops answering or is gone hands over to the next, and `tokenfill serve --engine`
-answers the real `openai` client with what the in-process engine writes.
+a replica that stops answering or is gone hands over to the next, `tokenfill serve --engine`
+answers the real `openai` client with what the in-process engine writes, stop strings and
+superseding work through an engine, an engine killed mid-stream is a clear error, and
+`tokenfill complete --engine` prints what in-process prints.
 
 They skip, saying why, only where `make engines` could not install an engine."""
 
@@ -200,3 +202,105 @@ def test_a_dead_engine_is_a_clear_error_through_the_server(tmp_path, tmp_path_fa
     finally:
         server.stop()
         doomed.stop()
+
+
+@pytest.fixture(scope="module")
+def chatty_engine(chatty_model_dir, tmp_path_factory):
+    """llama-server running a model that writes 'a' and 'b' to its limit: time to supersede,
+    cut or kill it mid-way."""
+    process = start_model("llama.cpp", chatty_model_dir, tmp_path_factory)
+    yield process
+    process.stop()
+
+
+def start_model(kind: str, model, tmp_path_factory, **options) -> EngineProcess:
+    missing = engine_missing(kind)
+    if missing:
+        pytest.skip(missing)
+    return EngineProcess(kind, model, tmp_path_factory.mktemp(kind) / "engine.log", **options)
+
+
+def stream_infill(url: str, body: dict, on_first=None) -> tuple[str, list[dict]]:
+    """The text of a streamed /infill and its events; `on_first` runs at the first piece."""
+    import json
+
+    import httpx
+
+    text, events = "", []
+    with httpx.stream("POST", url + "/infill", json={**body, "stream": True},
+                      headers={"x-tokenfill-client": "editor"}, timeout=60) as answer:
+        for line in answer.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            events.append(event)
+            text += event.get("content", "")
+            if on_first is not None and text:
+                on_first()
+                on_first = None
+    return text, events
+
+
+def test_stop_strings_and_superseding_through_an_engine(chatty_model_dir, chatty_engine,
+                                                        tmp_path):
+    """A stop string ends the completion; a newer request of the same client supersedes the
+    running one, whose upstream request is then closed."""
+    import httpx
+
+    server = ServerProcess(chatty_model_dir, tmp_path / "serve.log", "--engine",
+                           chatty_engine.url)
+    try:
+        body = {"input_prefix": "x = '", "input_suffix": "", "n_predict": 200, "syntax": False,
+                "min_confidence": 0, "cursor_mode": "none"}
+        whole = httpx.post(server.url + "/infill", json=body, timeout=60).json()["content"]
+        assert len(whole) > 20
+        cut = whole[10:12]
+        stopped = httpx.post(server.url + "/infill", json={**body, "stop": [cut]},
+                             timeout=60).json()
+        assert stopped["content"] == whole.split(cut)[0]
+        later: list = []
+
+        def supersede() -> None:
+            later.append(httpx.post(server.url + "/infill", json={**body, "n_predict": 5},
+                                    headers={"x-tokenfill-client": "editor"}, timeout=60))
+
+        text, events = stream_infill(server.url, {**body, "n_predict": 4000 // 2}, supersede)
+        assert later and later[0].status_code == 200
+        assert len(text) < 2000  # it ended early
+        stats = httpx.get(server.url + "/stats").json()
+        assert stats["worker"]["superseded"] == 1 and stats["worker"]["aborted"] == 1, (stats, len(text), events[-1])
+    finally:
+        server.stop()
+
+
+def test_an_engine_that_dies_mid_stream_is_a_clear_error(chatty_model_dir, tmp_path,
+                                                        tmp_path_factory):
+    doomed = start_model("llama.cpp", chatty_model_dir, tmp_path_factory, slots=1)
+    server = ServerProcess(chatty_model_dir, tmp_path / "serve.log", "--engine", doomed.url)
+    try:
+        body = {"input_prefix": "x = '", "input_suffix": "", "n_predict": 2000,
+                "syntax": False, "min_confidence": 0, "cursor_mode": "none"}
+        text, events = stream_infill(server.url, body, lambda: doomed.signal(signal.SIGKILL))
+        errors = [e for e in events if "error" in e]
+        assert errors, events[-3:]
+        message = str(errors[-1])
+        assert "no engine could finish the completion" in message
+        assert "mid-stream" in message or "cannot connect" in message
+    finally:
+        server.stop()
+        doomed.stop()
+
+
+def test_complete_with_an_engine_prints_what_in_process_prints(llama_process, tmp_path):
+    import subprocess
+    import sys
+
+    source = tmp_path / "shapes.py"
+    source.write_text("def area(width, height):\n    return \n")
+    common = [sys.executable, "-m", "tokenfill", "complete", str(source), "--line", "2",
+              "--column", "12", "--dtype", "fp32", "--cursor-mode", "heal", "--no-speculative"]
+    here = subprocess.run(common, capture_output=True, text=True, timeout=120)
+    there = subprocess.run([*common, "--engine", llama_process.url], capture_output=True,
+                           text=True, timeout=120)
+    assert here.returncode == there.returncode == 0, there.stderr
+    assert there.stdout == here.stdout and here.stdout.strip()
