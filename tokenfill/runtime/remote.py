@@ -315,10 +315,12 @@ class Remote:
         url = base + wire.path
         events: queue.Queue = queue.Queue()
         done = threading.Event()
+        opened: list[httpx.Response] = []
 
         def read() -> None:
             try:
                 with self.client.stream("POST", url, json=body) as response:
+                    opened.append(response)
                     if response.status_code != 200:
                         response.read()
                         raise EngineError(f"{url} answered {response.status_code}: "
@@ -354,6 +356,11 @@ class Remote:
                     return
         finally:
             done.set()
+            for response in opened:  # closed now, not at its next line: the engine drops it
+                try:
+                    response.close()
+                except Exception:  # noqa: BLE001 (the reader may be closing it as well)
+                    pass
 
 
 class _Aborted(EngineError):

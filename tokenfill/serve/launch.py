@@ -25,6 +25,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(server, what: str, timeout: float) -> None:
+    """Until `server.url`/health answers 200; a server that exits or stays silent is stopped
+    and the error carries the end of its log."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited:\n{server.log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{what} did not become healthy in {timeout:.0f} s:\n"
+                       f"{server.log_path.read_text()[-3000:]}")
+
+
 class ServerProcess:
     def __init__(self, model_dir: Path, log_path: Path, *args: str, timeout: float = 120):
         self.port = free_port()
@@ -34,18 +52,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokenfill", "serve", "--model", str(model_dir),
              "--port", str(self.port), *args], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the server did not become healthy:\n{log_path.read_text()}")
+        wait_healthy(self, "the server", timeout)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -96,19 +103,7 @@ class EngineProcess:
             ["make", "-s", "-C", str(REPO_ROOT), target, f"PORT={self.port}",
              f"MODEL={Path(model).resolve()}", f"SLOTS={slots}"],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{target} exited:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"{target} did not answer in {timeout:.0f} s:\n"
-                           f"{log_path.read_text()[-3000:]}")
+        wait_healthy(self, target, timeout)
 
     def signal(self, sig: int) -> None:
         """Send `sig` to the engine and everything it started (vLLM runs worker processes)."""
