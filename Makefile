@@ -92,8 +92,10 @@ $(ENGINES)/llama.cpp/llama-server:
 		-B $(ENGINES)/llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
 		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
 		-DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
-		-DLLAMA_BUILD_APP=OFF >/dev/null
-	cmake --build $(ENGINES)/llama.cpp/build --target llama-server -j$$(nproc) >/dev/null
+		-DLLAMA_BUILD_APP=OFF > $(ENGINES)/llama.cpp/build.log 2>&1 \
+		|| { tail -n 40 $(ENGINES)/llama.cpp/build.log; exit 1; }
+	cmake --build $(ENGINES)/llama.cpp/build --target llama-server -j$$(nproc) \
+		>> $(ENGINES)/llama.cpp/build.log 2>&1 || { tail -n 40 $(ENGINES)/llama.cpp/build.log; exit 1; }
 	cp $(ENGINES)/llama.cpp/build/bin/llama-server $@
 	rm -rf $(ENGINES)/llama.cpp/src $(ENGINES)/llama.cpp/build
 

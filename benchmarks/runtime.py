@@ -60,6 +60,8 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
             t_pre, t_dec = times[k], times[2 + k]
             rows.append(f"| {impl} | {name} | {prompt_len / t_pre:,.0f} | "
                         f"{new_tokens / t_dec:,.0f} | {'yes' if same else 'NO'} |")
+    rows.extend(llama_server_rows(model_dir, prompt, short, new_tokens, repeats,
+                                  generate(load_model(model_dir), short, new_tokens).tokens))
     return "\n".join([
         header(f"python -m benchmarks runtime{model_option(model_dir)}"),
         f"prefill: one {prompt_len}-token prompt; decode: {new_tokens} greedy tokens after a "
@@ -67,7 +69,43 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
         f"tokenfill's threads per pass "
         f"({MAX_THREADS} for {SMALL_PASS} tokens or more, 1 below: hardware.py).",
         "",
+        "llama-server: the same weights exported as f32 GGUF, the same token ids, its own "
+        "timings (median of the rounds), its default threads.",
+        "",
         "| runtime | dtype | prefill tokens/s | decode tokens/s | same greedy tokens |",
         "| --- | --- | --- | --- | --- |",
         *rows,
     ])
+
+
+def llama_server_rows(model_dir: Path, prompt: list[int], short: list[int], new_tokens: int,
+                      repeats: int, expected: list[int]) -> list[str]:
+    """llama-server's prefill and decode rates on the same ids, by its own timings; a row that
+    says why where it cannot run here. `expected`: tokenfill's fp32 greedy tokens."""
+    import statistics
+    import tempfile
+
+    import httpx
+
+    from tokenfill.serve.launch import EngineProcess, engine_missing
+
+    missing = engine_missing("llama.cpp")
+    if missing:
+        return [f"| llama-server | f32 | - | - | not run: {missing} |"]
+    log = Path(tempfile.mkdtemp(prefix="bench-runtime-")) / "llama.log"
+    server = EngineProcess("llama.cpp", model_dir, log, slots=1)
+    try:
+        def ask(ids: list[int], n: int) -> dict:
+            return httpx.post(server.url + "/completion", timeout=120, json={
+                "prompt": ids, "n_predict": n, "temperature": 0, "cache_prompt": False,
+                "ignore_eos": True, "return_tokens": True}).json()
+
+        ask(prompt, 1)  # warm-up
+        prefill = [ask(prompt, 1)["timings"]["prompt_per_second"] for _ in range(repeats)]
+        runs = [ask(short, new_tokens) for _ in range(repeats)]
+        decode = [r["timings"]["predicted_per_second"] for r in runs]
+        same = runs[0].get("tokens") == expected
+    finally:
+        server.stop()
+    return [f"| llama-server | f32 | {statistics.median(prefill):,.0f} | "
+            f"{statistics.median(decode):,.0f} | {'yes' if same else 'NO'} |"]

@@ -273,7 +273,7 @@ def load_engine(args: argparse.Namespace):
     from tokenfill.runtime.checkpoint import CheckpointError
 
     try:
-        return Engine.open(args.model, args.dtype, tuple(args.engine))
+        return Engine.open(args.model, args.dtype, tuple(getattr(args, "engine", ())))
     except (CheckpointError, FimUnsupportedError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"cannot load model {args.model}: {e}") from e
 
