@@ -24,7 +24,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="weights' dtype; auto: bf16 on CPUs with fast bf16, else fp32")
+                   help="weights' dtype; auto: whichever decodes faster here (fp32 where the "
+                        "CPU has no fast bf16; a one-time trial where it has)")
     add_engine_option(p)
     add_cursor_option(p)
     add_speculative_option(p)

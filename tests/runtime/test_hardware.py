@@ -17,5 +17,34 @@ def test_resolve_dtype(monkeypatch):
         hardware.resolve_dtype("fp8")
 
 
+def test_auto_measures_which_dtype_decodes_faster_once(monkeypatch, tmp_path):
+    """With fast-bf16 flags, `auto` asks the trial (a one-layer network of the model's shape),
+    whose answer is kept in the cache folder: the next start reads it instead of measuring."""
+    from tests.conftest import tiny_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    config = tiny_config(300)
+    trials = []
+
+    def trial(*shape):
+        trials.append(shape)
+        return torch.float32
+
+    monkeypatch.setattr(hardware, "_faster_dtype", trial)
+    assert hardware.resolve_dtype("auto", config) is torch.float32
+    assert hardware.resolve_dtype("auto", config) is torch.float32
+    assert len(trials) == 1 and trials[0][0] == config.hidden_size
+    kept = (tmp_path / "tokenfill" / "dtype.json")
+    kept.write_text(kept.read_text().replace('"fp32"', '"bf16"'))
+    assert hardware.resolve_dtype("auto", config) is torch.bfloat16  # what the file says
+    assert len(trials) == 1
+
+
+def test_the_trial_runs_both_dtypes_and_answers_one():
+    assert hardware._faster_dtype(32, 64, 4, 2, 8, 100, steps=2) in (torch.float32,
+                                                                    torch.bfloat16)
+
+
 def test_describe_machine_names_cores():
     assert "cores" in hardware.describe_machine() or torch.cuda.is_available()

@@ -142,14 +142,17 @@ class Engine:
         weights: n-gram table, multi-token heads, gate) or of one GGUF file."""
         directory = Path(directory)
         if gguf_io.is_gguf(directory):
-            model, tokenizer, layout = gguf_io.load(directory, resolve_dtype(dtype))
+            model, tokenizer, layout = gguf_io.load(directory, resolve_dtype(dtype))  # bf16 on
+            # fast-bf16 CPUs: the file's size is not known before it is read
             return cls(model, tokenizer, name=directory.stem, require_fim=require_fim,
                        fim_layout=layout)
         tokenizer = Tokenizer.from_file(directory / "tokenizer.json")
         if require_fim:
             fim.detect(tokenizer)  # before the weights: fail fast on a checkpoint without FIM tokens
-        model = load_model(directory, resolve_dtype(dtype))
-        heads = load_heads(directory, model.config.hidden_size, resolve_dtype(dtype))
+        config = load_config(directory)
+        chosen = resolve_dtype(dtype, config)
+        model = load_model(directory, chosen)
+        heads = load_heads(directory, model.config.hidden_size, chosen)
         return cls(model, tokenizer, name=directory.name, require_fim=require_fim,
                    fim_layout=fim_layout(directory), ngrams=ngram_table.beside(directory),
                    heads=heads, gate=Gate.for_model(directory))
