@@ -232,3 +232,24 @@ def test_gate_fits_refits_and_gates_completions(tmp_path, model_dir):
     assert few.returncode == 2 and "both kinds" in few.stderr, few.stderr
     missing = run("gate", "--model", model, "--corpus", tmp_path / "none", env=env)
     assert missing.returncode == 2 and "no such corpus" in missing.stderr
+
+
+def test_export_writes_what_other_engines_load(tmp_path, model_dir):
+    """gguf: a file `--model` loads back; hf: a folder with its weights indexed and the end token
+    named; a folder without config.json is a usage error."""
+    gguf_file = tmp_path / "tiny.gguf"
+    done = run("export", "gguf", str(model_dir), str(gguf_file), "--dtype", "f32")
+    assert done.returncode == 0 and "f32" in done.stdout and gguf_file.is_file()
+    source = tmp_path / "a.py"
+    source.write_text("def f(x):\n    return x\n")
+    cursor = ("--line", "2", "--column", "12", "--dtype", "fp32", "--max-tokens", "6")
+    from_dir = run("complete", str(source), *cursor, "--model", str(model_dir))
+    from_file = run("complete", str(source), *cursor, "--model", str(gguf_file))
+    assert from_file.returncode == 0 and from_file.stdout == from_dir.stdout
+    folder = tmp_path / "hf"
+    assert run("export", "hf", str(model_dir), str(folder)).returncode == 0
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {"model.safetensors"}
+    assert "eos_token_id" in json.loads((folder / "config.json").read_text())
+    refused = run("export", "gguf", str(tmp_path), str(tmp_path / "x.gguf"))
+    assert refused.returncode == 2 and "no config.json" in refused.stderr

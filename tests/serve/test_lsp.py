@@ -219,11 +219,13 @@ def test_a_document_never_opened_is_not_read_from_disk(raw, tmp_path):
 
 def test_a_bad_setting_is_left_out_and_completions_go_on(raw):
     raw.notify("workspace/didChangeConfiguration", {"settings": {"tokenfill": {
-        "maxTokens": "abc", "cursorMode": "fuzzy", "debounceMs": -1}}})
+        "maxTokens": "abc", "cursorMode": "fuzzy", "debounceMs": -1,
+        "engines": ["ftp://nowhere"]}}})
     raw.open(URI, "x = ")
     assert raw.inline_completion(URI, 0, 4)["result"]
     log = raw.close()
     assert "ignored setting maxTokens='abc'" in log and "ignored setting cursorMode='fuzzy'" in log
+    assert "ignored setting engines=['ftp://nowhere']: expected a list of http://" in log
 
 
 @pytest.mark.asyncio
@@ -255,3 +257,40 @@ async def test_outcomes_are_saved_locally_and_the_gate_holds_back(client: Langua
     assert asked and abs(asked[0].command.arguments[1] - 0.269) < 0.01
     counts = await client.protocol.send_request_async("tokenfill/stats", {})
     assert counts.held_back == 1
+
+
+@pytest.fixture(scope="module")
+def chatty_engine(chatty_model_dir, tmp_path_factory):
+    from tokenfill.serve.launch import EngineProcess, engine_missing
+
+    missing = engine_missing("llama.cpp")
+    if missing:
+        pytest.skip(missing)
+    process = EngineProcess("llama.cpp", chatty_model_dir,
+                            tmp_path_factory.mktemp("llama") / "engine.log", slots=1)
+    yield process
+    process.stop()
+
+
+@pytest_lsp.fixture(config=ClientServerConfig(server_command=[sys.executable, "-m", "tokenfill",
+                                                              "lsp"]))
+async def engine_client(lsp_client: LanguageClient, request):
+    """The language server with its model on llama-server (the `engines` setting)."""
+    model = request.getfixturevalue("chatty_model_dir")
+    engine = request.getfixturevalue("chatty_engine")
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=types.ClientCapabilities(),
+        initialization_options={"model": str(model), "engines": [engine.url], "debounceMs": 0,
+                                "maxTokens": 6, "cursorMode": "none"}))
+    yield engine
+    await lsp_client.shutdown_session()
+
+
+@pytest.mark.asyncio
+async def test_inline_completion_with_the_model_on_an_engine(engine_client: LanguageClient,
+                                                             chatty_engine):
+    served = chatty_engine.log().count("print_timing")
+    open_doc(engine_client, "def f(x):\n    return \n")
+    items = await inline(engine_client, 1, 11)
+    assert items and items[0].insert_text
+    assert chatty_engine.log().count("print_timing") > served  # llama-server made it

@@ -119,8 +119,9 @@ class Engine:
         self.ngrams = ngrams  # the corpus drafter's table (ngram_table.py), if the model has one
         self.heads = heads  # the model's multi-token heads (runtime/heads.py), if it has them
         self.gate = gate  # the model's confidence gate (confidence.py), if it has one
-        self.speculator = Speculator(len(tokenizer.token_bytes), ngrams=ngrams, heads=heads,
-                                     output=model.output if model else None)  # outlives requests
+        self.speculator = Speculator(  # outlives requests
+            len(tokenizer.token_bytes), ngrams=ngrams, heads=heads,
+            output=model.output if model is not None else None)
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
         # n-gram tables of the workspaces requests name (`project`), for the workspace drafter
         self.workspace_tables: dict[str, NGramTable] = {}
@@ -142,8 +143,8 @@ class Engine:
         weights: n-gram table, multi-token heads, gate) or of one GGUF file."""
         directory = Path(directory)
         if gguf_io.is_gguf(directory):
-            model, tokenizer, layout = gguf_io.load(directory, resolve_dtype(dtype))  # bf16 on
-            # fast-bf16 CPUs: the file's size is not known before it is read
+            model, tokenizer, layout = gguf_io.load(
+                directory, lambda config: resolve_dtype(dtype, config))
             return cls(model, tokenizer, name=directory.stem, require_fim=require_fim,
                        fim_layout=layout)
         tokenizer = Tokenizer.from_file(directory / "tokenizer.json")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -63,7 +64,7 @@ GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRETOKENIZERS = {"default": GPT2_SPLIT, "gpt-2": GPT2_SPLIT, "qwen2": QWEN2_SPLIT,
-                 "deepseek-coder": None, "starcoder": GPT2_SPLIT}
+                 "starcoder": GPT2_SPLIT}
 FIM_KEYS = {"<fim_prefix>": gguf.Keys.Tokenizer.FIM_PRE_ID,
             "<fim_suffix>": gguf.Keys.Tokenizer.FIM_SUF_ID,
             "<fim_middle>": gguf.Keys.Tokenizer.FIM_MID_ID,
@@ -290,14 +291,18 @@ def dequantized(tensor, path: Path) -> np.ndarray:
     return np.asarray(gguf.quants.dequantize(tensor.data, qtype), dtype=np.float32).reshape(shape)
 
 
-def load(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, Tokenizer, str]:
-    """The network, the tokenizer and the FIM layout of a GGUF file."""
+def load(path: str | Path, dtype: torch.dtype | Callable[[ModelConfig], torch.dtype] = torch.float32
+         ) -> tuple[Transformer, Tokenizer, str]:
+    """The network, the tokenizer and the FIM layout of a GGUF file; `dtype` may be chosen from
+    the file's config (a function of it)."""
     path = Path(path)
     try:
         reader = gguf.GGUFReader(str(path))
     except (ValueError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable GGUF file: {e}") from e
     config = read_config(reader, path)
+    if callable(dtype):
+        dtype = dtype(config)
     names = {g: h for h, g in gguf_names(config.num_hidden_layers).items()}
     state = {}
     for tensor in reader.tensors:
@@ -328,7 +333,7 @@ def read_tokenizer(reader: gguf.GGUFReader, path: Path) -> Tokenizer:
     split = PRETOKENIZERS.get(pre)
     if split is None:
         raise CheckpointError(f"{path}: pre-tokenizer {pre!r} is not known here; known: "
-                              f"{', '.join(k for k, v in PRETOKENIZERS.items() if v)}")
+                              f"{', '.join(PRETOKENIZERS)}")
     tokens = field(reader, gguf.Keys.Tokenizer.LIST)
     types = field(reader, gguf.Keys.Tokenizer.TOKEN_TYPE, [gguf.TokenType.NORMAL] * len(tokens))
     merges = [tuple(m.split(" ", 1)) for m in field(reader, gguf.Keys.Tokenizer.MERGES, [])]

@@ -105,6 +105,9 @@ class EngineProcess:
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_healthy(self, target, timeout)
 
+    def log(self) -> str:
+        return self.log_path.read_text()
+
     def signal(self, sig: int) -> None:
         """Send `sig` to the engine and everything it started (vLLM runs worker processes)."""
         os.killpg(self.proc.pid, sig)

@@ -12,8 +12,9 @@
   instead of an in-process engine), `maxTokens`, `singleLine`, `debounceMs`, `cursorMode`
   (`exact`, `heal` or `none`: how a cursor inside a token is handled), `context` (false: the
   open file alone) and `contextTokens` (the workspace context's budget; 0: a quarter of the
-  model's window, or 512 tokens with `serverUrl`). `tokenfill lsp --engine URL` runs the
-  in-process engine's model on vLLM or llama.cpp servers instead (runtime/remote.py).
+  model's window, or 512 tokens with `serverUrl`), `engines` (URLs of vLLM or llama.cpp servers
+  that run `model` for the in-process engine, runtime/remote.py; `tokenfill lsp --engine URL`
+  gives the default).
 - Workspace context: the workspace folders (or the root) are indexed in the background
   (context/workspace.py) and each completion gets what they define that the cursor's code uses,
   and chunks like it, before the prefix; with `serverUrl` the context travels as `input_extra`.
@@ -71,6 +72,7 @@ REMOTE_CONTEXT_TOKENS = 512   # the context budget when the model's window is no
 class LspSettings:
     model: str = str(BUNDLED_MODEL)
     serverUrl: str | None = None  # noqa: N815 (the editors' JSON spelling)
+    engines: list[str] | None = None  # vLLM / llama.cpp servers running the model
     maxTokens: int = 64           # noqa: N815
     singleLine: bool = False      # noqa: N815
     debounceMs: int = 40          # noqa: N815
@@ -99,7 +101,8 @@ class LspSettings:
                 setattr(self, key, value)
 
 
-_SETTING_KINDS = {"model": str, "serverUrl": str, "maxTokens": int, "singleLine": bool,
+_SETTING_KINDS = {"model": str, "serverUrl": str, "engines": list, "maxTokens": int,
+                  "singleLine": bool,
                   "debounceMs": int, "cursorMode": str, "context": bool, "contextTokens": int,
                   "minConfidence": float, "telemetry": bool}
 
@@ -111,6 +114,9 @@ def setting_problem(key: str, value: Any) -> str:
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         return f"expected {'a whole number' if kind is int else kind.__name__}"
+    if key == "engines" and not all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                                    for u in value):
+        return "expected a list of http:// or https:// URLs"
     if key == "minConfidence" and not 0 <= value <= 1:
         return "expected 0 to 1"
     if key == "cursorMode" and value not in CURSOR_MODES:
@@ -230,9 +236,12 @@ class TokenfillServer(LanguageServer):
     def configure(self, options: Any) -> None:
         """Apply settings; a new model or server URL loads a new backend in a thread, so the
         server keeps answering (completions wait for it; a failed load is their error)."""
-        before = (self.settings.model, self.settings.serverUrl)
+        def source() -> tuple:
+            return self.settings.model, self.settings.serverUrl, self.settings.engines
+
+        before = source()
         self.settings.update(options)
-        if self.backend is None or before != (self.settings.model, self.settings.serverUrl):
+        if self.backend is None or before != source():
             self.backend = asyncio.ensure_future(self._load(self.backend, self.settings.model,
                                                             self.settings.serverUrl))
         self.workspaces.configure(**self.context_options(self.loaded_backend()))
@@ -285,9 +294,10 @@ class TokenfillServer(LanguageServer):
                 log.warning("the previous backend had failed to load: %s", e)
             else:
                 old.close()
+        engines = tuple(self.settings.engines or self.engines)
         backend = RemoteBackend(url) if url else await asyncio.to_thread(
-            InProcessBackend, model, self.engines)
-        log.info("backend: %s", url or model)
+            InProcessBackend, model, engines)
+        log.info("backend: %s", url or model + (f" on {', '.join(engines)}" if engines else ""))
         self.workspaces.configure(**self.context_options(backend))
         return backend
 

@@ -73,7 +73,8 @@ class Worker:
         self.engine = engine
         self.context = context
         # remote engines keep their own prefix caches
-        self.slots = SlotPool(engine.model, n_slots, engine.context) if engine.model else None
+        self.slots = (SlotPool(engine.model, n_slots, engine.context) if engine.model is not None
+                      else None)
         self.reuse = reuse
         self.stats = WorkerStats()
         engine.monitor.warm_up()  # jedi's first lookup takes seconds: not on a person's keystroke
