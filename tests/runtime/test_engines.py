@@ -65,9 +65,12 @@ def holes() -> list[tuple[str, str]]:
     return [(row["prompt"], row["suffix"]) for row in rows]
 
 
-def served(url: str, **options) -> Engine:
-    engine = Engine.served([url], BUNDLED_MODEL, **options)
+def served(url: str, local: Engine) -> Engine:
+    """The engine on `url`, sharing `local`'s member lookups: jedi's answer within its time
+    budget can differ between two cold lookups, and texts after `name.` compare on the same."""
+    engine = Engine.served([url], BUNDLED_MODEL)
     engine.gate = None
+    engine.monitor = local.monitor
     return engine
 
 
@@ -87,7 +90,7 @@ def divergence(here, there) -> tuple[int, float] | None:
 
 @pytest.mark.parametrize("mode", ["heal", "none"])
 def test_greedy_completions_are_the_in_process_ones(engine_process, local, holes, mode):
-    engine = served(engine_process.url)
+    engine = served(engine_process.url, local)
     same, ties = 0, []
     for prefix, suffix in holes:
         request = CompletionRequest(prefix=prefix, suffix=suffix, max_tokens=48,
@@ -105,7 +108,7 @@ def test_greedy_completions_are_the_in_process_ones(engine_process, local, holes
 
 
 def test_an_abort_ends_the_request_and_the_engine_serves_the_next(engine_process, local, holes):
-    engine = served(engine_process.url)
+    engine = served(engine_process.url, local)
     prefix, suffix = holes[0]
     calls = 0
 
@@ -135,7 +138,7 @@ def test_a_replica_that_stops_answering_is_set_aside(llama_process, local, holes
     doomed = start("llama.cpp", tmp_path_factory, slots=1)
     try:
         engine = Engine.served([doomed.url, llama_process.url], BUNDLED_MODEL)
-        engine.gate = None
+        engine.gate, engine.monitor = None, local.monitor
         replicas = engine.remote.replicas
         key = next(k for k in (f"f{i}.py" for i in range(100))
                    if replicas.order(k)[0].url == doomed.url)

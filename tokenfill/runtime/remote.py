@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import httpx
 import torch
@@ -56,21 +57,23 @@ class Step:
     top: dict[int, float] = field(default_factory=dict)
 
 
-class Wire:
-    """One engine kind's request and stream format."""
-    kind = ""
-    path = ""
+class Wire(Protocol):
+    """One engine kind's request and stream format (VLLM, LlamaServer)."""
+    kind: str
+    path: str
 
     def body(self, ids: list[int], max_tokens: int, sampling: Sampling, end_ids: frozenset[int],
              allowed: list[int] | None, banned: list[int] | None) -> dict:
-        raise NotImplementedError
+        """The streaming request for `max_tokens` after `ids`; `allowed` or `banned`: the ids
+        one constrained step may take, or may not (each engine uses the one it supports)."""
+        ...
 
     def steps(self, event: dict) -> tuple[list[Step], bool]:
         """The tokens of one streamed event, and whether the stream is over."""
-        raise NotImplementedError
+        ...
 
 
-class VLLM(Wire):
+class VLLM:
     """vLLM's OpenAI completions with token-id prompts; tokens come back as `token_id:N`."""
     kind, path = "vllm", "/v1/completions"
 
@@ -105,7 +108,7 @@ def _vllm_id(text: str) -> int:
     return int(text.removeprefix("token_id:"))
 
 
-class LlamaServer(Wire):
+class LlamaServer:
     """llama.cpp's `/completion` with token-id prompts; an end token ends the stream unnamed."""
     kind, path = "llama.cpp", "/completion"
 
