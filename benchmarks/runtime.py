@@ -1,6 +1,9 @@
-"""`python -m benchmarks runtime`: prefill and decode tokens/s of tokenfill's runtime and of
-Hugging Face `transformers` (greedy `generate`) on the same checkpoint, same prompt, same thread
-count; checks that both greedy outputs are the same tokens."""
+"""`python -m benchmarks runtime`: prefill and decode tokens/s of tokenfill's runtime, of Hugging
+Face `transformers` (greedy `generate`) and of llama-server on the same checkpoint, same prompts,
+same thread count; checks that the greedy outputs are the same tokens. Then what a user feels:
+the time to a completion on held-out holes, tokenfill's engine with its defaults (draft trees on)
+against llama-server given the same prompt ids and the same number of tokens, with and without
+its own n-gram drafting; and tokenfill's start-up, from launch to a server that answers."""
 
 from __future__ import annotations
 
@@ -10,22 +13,54 @@ import torch
 
 from benchmarks.common import header, interleaved_medians, model_option, same_threads
 from tokenfill.paths import REPO_ROOT
-from tokenfill.runtime.checkpoint import load_model
+from tokenfill.runtime.checkpoint import load_config, load_model
 from tokenfill.runtime.generate import generate, prefill
 from tokenfill.runtime.hardware import MAX_THREADS, SMALL_PASS, resolve_dtype
 from tokenfill.runtime.tokenizer import Tokenizer
 
+PROMPT_LENGTHS = (256, 1024)  # prefill; cut to the model's window where it is shorter
+LLAMA_SPECULATION = ("none", "ngram-simple")  # llama-server's --spec-type for the holes
 
-def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), prompt_len: int = 256,
-                  new_tokens: int = 128, repeats: int = 8) -> str:
-    """A markdown table: prefill and decode tokens/s, ours vs transformers."""
+
+def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"),
+                  prompt_lengths: tuple[int, ...] = PROMPT_LENGTHS, new_tokens: int = 128, repeats: int = 8, per_kind: int = 20,
+                  max_tokens: int = 64) -> str:
+    """Markdown tables: prefill and decode tokens/s side by side; per completion; start-up."""
+    tokenizer = Tokenizer.from_file(model_dir)
+    source = "\n".join(path.read_text() for path in sorted((REPO_ROOT / "tokenfill").rglob("*.py")))
+    ids = tokenizer.encode(source)
+    window = load_config(model_dir).max_position_embeddings
+    lengths = sorted({min(n, window - 1) for n in prompt_lengths})  # room for one more
+    prompts = [ids[:n] for n in lengths]
+    short = ids[:32]
+    rows = speed_rows(model_dir, dtypes, prompts, short, new_tokens, repeats)
+    rows.extend(llama_server_rows(model_dir, prompts, short, new_tokens, repeats,
+                                  generate(load_model(model_dir), short, new_tokens).tokens))
+    prefill_heads = " | ".join(f"prefill {n:,} tokens, tokens/s" for n in lengths)
+    return "\n".join([
+        header(f"python -m benchmarks runtime{model_option(model_dir)}"),
+        f"prefill: one prompt of each length (the model's window is {window:,} tokens); decode: "
+        f"{new_tokens} greedy tokens after a 32-token prompt; median of {repeats} rounds, the "
+        f"runtimes taking turns; tokenfill and transformers with tokenfill's threads per pass "
+        f"({MAX_THREADS} for {SMALL_PASS} tokens or more, 1 below: hardware.py).",
+        "",
+        "llama-server: the same weights exported as f32 GGUF, the same token ids, its own "
+        "timings (median of the rounds), its default threads.",
+        "",
+        f"| runtime | dtype | {prefill_heads} | decode tokens/s | same greedy tokens |",
+        "| --- | --- | " + "--- | " * len(lengths) + "--- | --- |",
+        *rows,
+        "",
+        *per_completion(model_dir, per_kind, max_tokens),
+        "",
+        start_up(model_dir),
+    ])
+
+
+def speed_rows(model_dir: Path, dtypes: tuple[str, ...], prompts: list[list[int]],
+               short: list[int], new_tokens: int, repeats: int) -> list[str]:
     import transformers
 
-    tokenizer = Tokenizer.from_file(model_dir)
-    source = (REPO_ROOT / "tokenfill" / "runtime" / "model.py").read_text()
-    ids = tokenizer.encode(source)
-    prompt = ids[:prompt_len]
-    short = ids[:32]
     rows = []
     for name in dtypes:
         torch_dtype = resolve_dtype(name)
@@ -34,15 +69,20 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
         hf.generation_config.eos_token_id = None
         hf.generation_config.pad_token_id = 0
         hf.register_forward_pre_hook(same_threads, with_kwargs=True)
-        x = torch.tensor([prompt])
 
-        def ours_prefill():
-            with torch.inference_mode():  # as the engine runs it (and transformers below)
-                prefill(ours, ours.new_cache(1, prompt_len), prompt)
+        def ours_prefill(prompt):
+            def run():
+                with torch.inference_mode():  # as the engine runs it (and transformers below)
+                    prefill(ours, ours.new_cache(1, len(prompt)), prompt)
+            return run
 
-        def hf_prefill():
-            with torch.inference_mode():  # the last position's logits, as ours (and generate)
-                hf(x, use_cache=True, logits_to_keep=1)
+        def hf_prefill(prompt):
+            x = torch.tensor([prompt])
+
+            def run():
+                with torch.inference_mode():  # the last position's logits, as ours (and generate)
+                    hf(x, use_cache=True, logits_to_keep=1)
+            return run
 
         def ours_decode():
             return generate(ours, short, new_tokens).tokens
@@ -54,32 +94,19 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"), p
             return out[0, len(short):].tolist()
 
         same = ours_decode() == hf_decode()  # also warms both up
-        ours_prefill(), hf_prefill()
-        times = interleaved_medians([ours_prefill, hf_prefill, ours_decode, hf_decode], repeats)
+        fns = [f(p) for p in prompts for f in (ours_prefill, hf_prefill)]
+        for fn in fns:
+            fn()
+        times = interleaved_medians([*fns, ours_decode, hf_decode], repeats)
         for k, impl in enumerate(("tokenfill", "transformers")):
-            t_pre, t_dec = times[k], times[2 + k]
-            rows.append(f"| {impl} | {name} | {prompt_len / t_pre:,.0f} | "
-                        f"{new_tokens / t_dec:,.0f} | {'yes' if same else 'NO'} |")
-    rows.extend(llama_server_rows(model_dir, prompt, short, new_tokens, repeats,
-                                  generate(load_model(model_dir), short, new_tokens).tokens))
-    return "\n".join([
-        header(f"python -m benchmarks runtime{model_option(model_dir)}"),
-        f"prefill: one {prompt_len}-token prompt; decode: {new_tokens} greedy tokens after a "
-        f"32-token prompt; median of {repeats} rounds, the runtimes taking turns; both with "
-        f"tokenfill's threads per pass "
-        f"({MAX_THREADS} for {SMALL_PASS} tokens or more, 1 below: hardware.py).",
-        "",
-        "llama-server: the same weights exported as f32 GGUF, the same token ids, its own "
-        "timings (median of the rounds), its default threads.",
-        "",
-        "| runtime | dtype | prefill tokens/s | decode tokens/s | same greedy tokens |",
-        "| --- | --- | --- | --- | --- |",
-        *rows,
-    ])
+            rates = " | ".join(f"{len(p) / times[2 * i + k]:,.0f}" for i, p in enumerate(prompts))
+            rows.append(f"| {impl} | {name} | {rates} | {new_tokens / times[-2 + k]:,.0f} | "
+                        f"{'yes' if same else 'NO'} |")
+    return rows
 
 
-def llama_server_rows(model_dir: Path, prompt: list[int], short: list[int], new_tokens: int,
-                      repeats: int, expected: list[int]) -> list[str]:
+def llama_server_rows(model_dir: Path, prompts: list[list[int]], short: list[int],
+                      new_tokens: int, repeats: int, expected: list[int]) -> list[str]:
     """llama-server's prefill and decode rates on the same ids, by its own timings; a row that
     says why where it cannot run here. `expected`: tokenfill's fp32 greedy tokens."""
     import statistics
@@ -91,7 +118,7 @@ def llama_server_rows(model_dir: Path, prompt: list[int], short: list[int], new_
 
     missing = engine_missing("llama.cpp")
     if missing:
-        return [f"| llama-server | f32 | - | - | not run: {missing} |"]
+        return [f"| llama-server | f32 | {'- | ' * len(prompts)}- | not run: {missing} |"]
     log = Path(tempfile.mkdtemp(prefix="bench-runtime-")) / "llama.log"
     server = EngineProcess("llama.cpp", model_dir, log, slots=1)
     try:
@@ -100,12 +127,109 @@ def llama_server_rows(model_dir: Path, prompt: list[int], short: list[int], new_
                 "prompt": ids, "n_predict": n, "temperature": 0, "cache_prompt": False,
                 "ignore_eos": True, "return_tokens": True}).json()
 
-        ask(prompt, 1)  # warm-up
-        prefill = [ask(prompt, 1)["timings"]["prompt_per_second"] for _ in range(repeats)]
+        ask(prompts[0], 1)  # warm-up
+        prefill = [statistics.median(ask(prompt, 1)["timings"]["prompt_per_second"]
+                                     for _ in range(repeats)) for prompt in prompts]
         runs = [ask(short, new_tokens) for _ in range(repeats)]
         decode = [r["timings"]["predicted_per_second"] for r in runs]
         same = runs[0].get("tokens") == expected
     finally:
         server.stop()
-    return [f"| llama-server | f32 | {statistics.median(prefill):,.0f} | "
-            f"{statistics.median(decode):,.0f} | {'yes' if same else 'NO'} |"]
+    rates = " | ".join(f"{rate:,.0f}" for rate in prefill)
+    return [f"| llama-server | f32 | {rates} | {statistics.median(decode):,.0f} | "
+            f"{'yes' if same else 'NO'} |"]
+
+
+def per_completion(model_dir: Path, per_kind: int, max_tokens: int) -> list[str]:
+    """Lines of a table: the time to a completion on held-out holes, tokenfill's engine with its
+    defaults against llama-server asked for the same tokens: tokenfill's prompt ids and as many
+    tokens as tokenfill generated, greedy, prompt cache off, once per `LLAMA_SPECULATION`."""
+    import statistics
+    import tempfile
+
+    import httpx
+
+    from benchmarks.engines import KINDS, window
+    from tokenfill.completion.engine import Engine
+    from tokenfill.completion.request import CompletionRequest
+    from tokenfill.eval import holes as holes_mod
+    from tokenfill.eval import realcode
+    from tokenfill.eval.stats import percentile
+    from tokenfill.runtime.slots import SlotPool
+    from tokenfill.serve.launch import EngineProcess, engine_missing
+
+    holes = [window(h) for kind in KINDS
+             for h in holes_mod.cut(realcode.files(), kind, per_kind, seed=0)]
+    engine = Engine.load(model_dir)
+    slots = SlotPool(engine.model, 1, engine.context)  # as the server runs it
+
+    def request(hole) -> CompletionRequest:
+        return CompletionRequest(prefix=hole.prefix, suffix=hole.suffix, max_tokens=max_tokens,
+                                 min_confidence=0)  # every completion shown: all are timed
+
+    engine.complete(request(holes[0]), slots=slots)  # first-request costs out of the figures
+    asked = []  # (prompt ids, tokens generated, tokenfill ms)
+    declined = 0
+    for hole in holes:
+        made = engine.complete(request(hole), slots=slots)
+        if made.skipped:  # syntax-aware completion wrote nothing here: nothing to compare
+            declined += 1
+            continue
+        prompt = engine.prompt(request(hole), min(max_tokens, engine.context // 2))
+        asked.append((prompt.ids, max(made.tokens, 1), made.total_ms))
+    rows = [("tokenfill, defaults (draft trees)", [ms for _, _, ms in asked], "")]
+    missing = engine_missing("llama.cpp")
+    logs = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
+    for spec in LLAMA_SPECULATION if not missing else ():
+        server = EngineProcess("llama.cpp", model_dir, logs / f"llama-{spec}.log", slots=1,
+                               env={} if spec == "none" else {"LLAMA_ARG_SPEC_TYPE": spec})
+        try:
+            times, drafted, accepted = [], 0, 0
+            with httpx.Client(timeout=120) as client:
+                for k, (ids, n, _) in enumerate([asked[0], *asked]):
+                    timings = client.post(server.url + "/completion", json={
+                        "prompt": ids, "n_predict": n, "temperature": 0, "cache_prompt": False,
+                        "ignore_eos": True}).json()["timings"]
+                    if k:  # the first is a warm-up
+                        times.append(timings["prompt_ms"] + timings["predicted_ms"])
+                        drafted += timings.get("draft_n", 0)
+                        accepted += timings.get("draft_n_accepted", 0)
+        finally:
+            server.stop()
+        note = (f"{accepted}/{drafted} drafted tokens accepted" if spec != "none"
+                else "no drafting")
+        rows.append((f"llama-server, --spec-type {spec}", times, note))
+    tokens = statistics.mean(n for _, n, _ in asked)
+    lines = [f"Per completion: {len(asked)} held-out holes ({per_kind} each of "
+             f"{', '.join(KINDS)}; {declined} that syntax-aware completion declines left out), "
+             f"up to {max_tokens} tokens, {tokens:.1f} generated on average. tokenfill: its "
+             "engine in-process with the defaults (exact cursor, draft trees, syntax-aware "
+             "stops), total time; llama-server: the same prompt ids and as many tokens, greedy, "
+             "prompt cache off, its own prompt + generation time.",
+             "",
+             "| side | ms p50 | ms p95 | |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {percentile(ms, 0.5):.1f} | {percentile(ms, 0.95):.1f} | {note} |"
+              for name, ms, note in rows]
+    if missing:
+        lines.append(f"| llama-server | - | - | not run: {missing} |")
+    return lines
+
+
+def start_up(model_dir: Path, rounds: int = 3) -> str:
+    """The line on tokenfill's start-up: from launching `tokenfill serve` to a server whose
+    /health answers 200 (the model loaded), median of `rounds`."""
+    import statistics
+    import tempfile
+    import time
+
+    from tokenfill.serve.launch import ServerProcess
+
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(rounds):
+            t0 = time.perf_counter()
+            server = ServerProcess(model_dir, Path(tmp) / f"start-{k}.log")
+            times.append(time.perf_counter() - t0)
+            server.stop()
+    return (f"Start-up: `tokenfill serve` launched to /health answering 200, median of {rounds}: "
+            f"{statistics.median(times):.2f} s (target < 3 s).")

@@ -12,7 +12,8 @@ their latency compares reuse on and off pair by pair. A request that syntax-awar
 declines (a comment, the middle of a word: answered at once with no completion) is counted apart
 and is neither shown nor part of the word-end latencies. The replay runs twice in one command,
 against a server with KV reuse and one started with `--no-cache-reuse`; then a load phase runs
-several typists at once against one server and watches for errors and memory growth.
+several typists at once against one server, once with each dtype, and watches for errors and
+memory growth.
 """
 
 from __future__ import annotations
@@ -150,6 +151,9 @@ async def load(url: str, todo: list[Region], clients: int, seconds: float, cps: 
     return tally
 
 
+LOAD_DTYPES = ("fp32", "bf16")  # both, whichever `auto` picks here
+
+
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
@@ -179,14 +183,21 @@ def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_
                 f"{slots['prompt_tokens'] / max(slots['requests'], 1):.0f} | "
                 f"{worker['aborted'] / max(ran, 1) * 100:.0f}% | "
                 f"{slots['hits'] / max(slots['requests'], 1) * 100:.0f}% | {tally.errors} |")
-        server = ServerProcess(model, Path(tmp) / "load.log")
-        try:
-            asyncio.run(replay(server.url, todo[:1], cps, n_predict))  # warm up
-            rss_before = server.rss_bytes()
-            tally = asyncio.run(load(server.url, todo, load_clients, load_seconds, cps, n_predict))
-            rss_after = server.rss_bytes()
-        finally:
-            server.stop()
+        loads = []
+        for dtype in LOAD_DTYPES:
+            server = ServerProcess(model, Path(tmp) / f"load-{dtype}.log", "--dtype", dtype)
+            try:
+                asyncio.run(replay(server.url, todo[:1], cps, n_predict))  # warm up
+                rss_before = server.rss_bytes()
+                tally = asyncio.run(load(server.url, todo, load_clients, load_seconds, cps,
+                                         n_predict))
+                rss_after = server.rss_bytes()
+            finally:
+                server.stop()
+            loads.append(
+                f"| {dtype} | {tally.sent} | {tally.shown} | {tally.errors} | "
+                f"{tally.status_5xx} | {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} | "
+                f"{(ratio(rss_after, rss_before) - 1) * 100:+.1f}% |")
     (p_on, e_on), (p_off, e_off) = figures["on"], figures["off"]
     return "\n".join([
         header(f"python -m benchmarks typing{model_option(model)}"),
@@ -205,9 +216,10 @@ def run(model: Path, *, files: int = 12, chars: int = 120, cps: float = 15.0, n_
         "tokens "
         f"evaluated per request {ratio(e_on, e_off):.3f}x (target <= 0.25x).",
         "",
-        f"Load: {load_clients} typists for {load_seconds:g} s against one server: "
-        f"{tally.sent} requests, {tally.shown} completions shown, {tally.errors} errors, "
-        f"{tally.status_5xx} 5xx; resident memory {rss_before / 2**20:.0f} MiB -> "
-        f"{rss_after / 2**20:.0f} MiB ({(ratio(rss_after, rss_before) - 1) * 100:+.1f}%, "
-        f"target < +10%).",
+        f"Load: {load_clients} typists for {load_seconds:g} s against one server, once in "
+        "each dtype (the kernels and their caches differ); target: resident memory within +10%.",
+        "",
+        "| dtype | requests | completions shown | errors | 5xx | resident MiB | growth |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *loads,
     ])

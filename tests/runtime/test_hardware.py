@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -48,3 +52,21 @@ def test_the_trial_runs_both_dtypes_and_answers_one():
 
 def test_describe_machine_names_cores():
     assert "cores" in hardware.describe_machine() or torch.cuda.is_available()
+
+
+def test_kernel_caches_are_bounded_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")
+    hardware.bound_kernel_caches(32)
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "7"
+
+
+def test_importing_the_runtime_bounds_the_caches_in_a_new_process():
+    code = ("import os, tokenfill.runtime; "
+            "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(hardware.KERNEL_CACHE_ENTRIES)] * 2

@@ -11,6 +11,8 @@ from tokenfill.runtime.model import (
     KVCache,
     ModelConfig,
     Transformer,
+    bucket_rows,
+    bucketed_linear,
     causal_mask,
     reference_logits,
     tree_mask,
@@ -112,6 +114,46 @@ def test_bf16_stays_close_to_fp32(tiny_model):
         a, b = tiny_model(tokens), model16(tokens)
     assert b.dtype == torch.float32  # logits always come back in fp32
     assert (a - b).abs().max() < 0.05
+
+
+def test_bucket_rows_round_up_to_few_sizes():
+    sizes = [bucket_rows(n) for n in range(1, 2049)]
+    assert all(size >= n for n, size in zip(range(1, 2049), sizes))
+    assert bucket_rows(1) == 1 and bucket_rows(2) == 8 and bucket_rows(64) == 64
+    assert bucket_rows(65) == 72 and bucket_rows(129) == 144
+    assert all((size - n) / n <= 1 / 8 for n, size in zip(range(64, 2049), sizes[63:]))
+    assert len(set(sizes)) < 60  # a kernel each, where 2,048 lengths would build 2,048
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 63, 65, 130])
+def test_bucketed_linear_equals_the_plain_product(rows):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(1, rows, 24, generator=g).to(torch.bfloat16)
+    weight = torch.randn(40, 24, generator=g).to(torch.bfloat16)
+    bias = torch.randn(40, generator=g).to(torch.bfloat16)
+    got = bucketed_linear(x, weight, bias)
+    assert got.shape == (1, rows, 40)
+    # each row's product is computed alone: padding rows change nothing in the others
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, weight, bias), atol=0.02,
+                               rtol=0.01)
+
+
+def test_a_bf16_model_keeps_its_cache_in_fp32_and_equals_recompute(tiny_model):
+    """Keys and values of a bf16 model are kept in fp32 (KVCache: a bf16 product of each new
+    key length built a kernel); a cached pass agrees with the same model's uncached one."""
+    model16 = Transformer(tiny_model.config)
+    model16.load_state_dict(tiny_model.state_dict())
+    model16 = model16.to(torch.bfloat16).eval()
+    tokens = torch.randint(0, tiny_model.config.vocab_size, (1, 90))
+    cache = model16.new_cache(1, 96)
+    assert cache.k.dtype == torch.float32
+    with torch.no_grad():
+        got = [model16(tokens[:, :70], 0, cache)[0]]
+        got += [model16(tokens[:, pos:pos + 1], pos, cache)[0] for pos in range(70, 90)]
+        whole = model16(tokens)[0]
+        fp32 = tiny_model(tokens)[0]
+    torch.testing.assert_close(torch.cat(got), whole, atol=0.05, rtol=0)
+    assert (torch.cat(got) - fp32).abs().max() < 0.05
 
 
 def test_config_refuses_what_it_cannot_run():

@@ -26,6 +26,21 @@ from tokenfill.paths import user_cache
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
+# oneDNN (bf16 products, the packed output layer) builds a kernel per shape and keeps it in two
+# caches, its own and that of PyTorch's wrapper, 1,024 entries each by default and about 0.65 MB
+# an entry between them (measured): a server that met many shapes grew by hundreds of MB. The
+# model pads its products to a few row counts (model.bucket_rows), so few shapes are met; 32
+# holds a typing session's (decoding, a few tree and prompt sizes, five weight shapes each) and
+# bounds the caches near 20 MB. A shape rebuilt after eviction costs about a millisecond.
+KERNEL_CACHE_ENTRIES = 32
+
+
+def bound_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
+    """Bound both caches, unless the environment sets them. They are read when oneDNN first
+    builds a kernel, so this runs as the runtime is imported, before any model runs."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
+    os.environ.setdefault("LRU_CACHE_CAPACITY", str(entries))  # PyTorch's ideep wrapper
+
 
 @cache
 def cpu_flags() -> frozenset[str]:

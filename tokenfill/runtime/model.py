@@ -148,7 +148,13 @@ HF_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
 
 
 class KVCache(nn.Module):
-    """Preallocated keys and values for every layer: (layers, batch, kv_heads, max_seq, head_dim)."""
+    """Preallocated keys and values for every layer: (layers, batch, kv_heads, max_seq, head_dim).
+
+    Kept in fp32 whatever the weights' dtype (`Transformer.new_cache`): a bf16 product of a new
+    shape makes oneDNN build and keep a kernel (about 1 ms and 0.65 MB each, measured), and the keys
+    grow by one every step, so bf16 attention built a kernel per step and memory grew with every
+    new length; fp32 products go to MKL, which builds none, and a decoding step's attention ran
+    faster that way (69 us against 1,436 us for one layer at 600 keys on an AVX-512 BF16 CPU)."""
 
     def __init__(self, config: ModelConfig, batch: int, max_seq: int, dtype: torch.dtype):
         super().__init__()
@@ -214,6 +220,40 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos.to(x.dtype) + rotated * sin.to(x.dtype))
 
 
+def bucket_rows(n: int) -> int:
+    """The row count a low-precision product of `n` rows is padded to: one row stays one, the
+    rest round up to a multiple of 8, coarser with size (eight sizes per doubling, so at most
+    1/8 of the rows are padding past 64). oneDNN builds and keeps a kernel per shape (about
+    1 ms and 0.65 MB each, measured on bf16); without buckets every new prompt length built
+    new ones and a server's memory grew with the variety of lengths it saw."""
+    if n <= 1:
+        return n
+    step = 1 << max(3, n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose inference products in a low-precision dtype run on `bucket_rows` sizes
+    (the padding rows are zeros, dropped from the result); fp32, which MKL computes without
+    per-shape kernels, and training take the plain product."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight.dtype == torch.float32 or torch.is_grad_enabled():
+            return F.linear(x, self.weight, self.bias)
+        return bucketed_linear(x, self.weight, self.bias)
+
+
+def bucketed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear(x, weight, bias), the product run on `bucket_rows(rows)` rows."""
+    lead, D = x.shape[:-1], x.shape[-1]
+    n = x.numel() // D
+    padded = bucket_rows(n)
+    if padded == n:
+        return F.linear(x, weight, bias)
+    rows = F.pad(x.reshape(n, D), (0, 0, 0, padded - n))
+    return F.linear(rows, weight, bias)[:n].view(*lead, -1)
+
+
 LONG_QUERIES = 64  # query blocks this long use the fused attention kernel, faster on prompts;
                    # shorter ones, decoding and draft trees, two matmuls (less set-up)
 
@@ -224,10 +264,10 @@ class Attention(nn.Module):
         d, hd = config.hidden_size, config.head_dim
         self.n_head, self.n_kv, self.hd = config.num_attention_heads, config.num_key_value_heads, hd
         bias = config.attention_bias
-        self.q_proj = nn.Linear(d, self.n_head * hd, bias=bias)
-        self.k_proj = nn.Linear(d, self.n_kv * hd, bias=bias)
-        self.v_proj = nn.Linear(d, self.n_kv * hd, bias=bias)
-        self.o_proj = nn.Linear(self.n_head * hd, d, bias=config.o_bias)
+        self.q_proj = Linear(d, self.n_head * hd, bias=bias)
+        self.k_proj = Linear(d, self.n_kv * hd, bias=bias)
+        self.v_proj = Linear(d, self.n_kv * hd, bias=bias)
+        self.o_proj = Linear(self.n_head * hd, d, bias=config.o_bias)
 
     def qkv(self, x: Tensor, cos: Tensor, sin: Tensor, queries: int | None = None,
             ) -> tuple[Tensor, Tensor, Tensor]:
@@ -254,6 +294,7 @@ class Attention(nn.Module):
         Q = T if queries is None else queries
         q, k, v = self.qkv(x, cos, sin, Q)
         k, v = cache.update(layer, start, k, v)
+        q = q.to(k.dtype)  # the cache's dtype (fp32) for the products; back to x's for o_proj
         if Q < T and mask is not None:
             mask = mask[T - Q:]  # the rows of the queries kept
         if T >= LONG_QUERIES:  # a prompt: the fused kernel is faster, and faster still with its
@@ -268,7 +309,7 @@ class Attention(nn.Module):
                                                enable_gqa=self.n_kv != self.n_head)
         else:  # `mask` here is the additive bias `attention_mask` makes of it
             y = grouped_attention(q, k, v, mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, Q, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(B, Q, -1).to(x.dtype))
 
 
 def grouped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
@@ -300,9 +341,9 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = nn.Linear(d, m, bias=bias)
-        self.up_proj = nn.Linear(d, m, bias=bias)
-        self.down_proj = nn.Linear(m, d, bias=bias)
+        self.gate_proj = Linear(d, m, bias=bias)
+        self.up_proj = Linear(d, m, bias=bias)
+        self.down_proj = Linear(m, d, bias=bias)
         self.act = activation(config.activation)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -315,8 +356,8 @@ class PlainMLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.c_fc = nn.Linear(d, m, bias=bias)
-        self.c_proj = nn.Linear(m, d, bias=bias)
+        self.c_fc = Linear(d, m, bias=bias)
+        self.c_proj = Linear(m, d, bias=bias)
         self.act = activation(config.activation)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -341,13 +382,19 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    """The network; its weights are set after construction (`init_random`, or a checkpoint's
+    through `checkpoint.load_model`, which builds it on the meta device)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # left uninitialised: nn.Embedding's own init draws normal values, and that draw on the
+        # meta device imports torch._dynamo, 1.3-1.7 s of a server's start-up (measured)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.packed_output: Tensor | None = None  # `pack_output_layer`
@@ -406,7 +453,9 @@ class Transformer(nn.Module):
         if (packed is None or not inference or B * T < 2 or torch.is_grad_enabled()
                 or x.device.type != "cpu" or x.dtype != torch.float32):
             return self.lm_head(x)
-        return packed_linear(x.reshape(B * T, D), packed, self.lm_head.bias).view(B, T, -1)
+        rows = bucket_rows(B * T)  # oneDNN's product: a kernel per row count, as bucketed_linear
+        padded = F.pad(x.reshape(B * T, D), (0, 0, 0, rows - B * T))
+        return packed_linear(padded, packed, self.lm_head.bias)[:B * T].view(B, T, -1)
 
     def pack_output_layer(self) -> bool:
         """Keep a copy of the fp32 output layer's weights in oneDNN's own blocked layout, for the
@@ -446,7 +495,7 @@ class Transformer(nn.Module):
 
     def new_cache(self, batch: int = 1, max_seq: int | None = None) -> KVCache:
         max_seq = max_seq or self.config.max_position_embeddings
-        return KVCache(self.config, batch, max_seq, self.embed_tokens.weight.dtype)
+        return KVCache(self.config, batch, max_seq, torch.float32)
 
     @classmethod
     def init_random(cls, config: ModelConfig, seed: int = 0) -> Transformer:

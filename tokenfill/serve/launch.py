@@ -93,7 +93,7 @@ class EngineProcess:
     it answers; the whole process group is stopped at the end."""
 
     def __init__(self, kind: str, model: Path, log_path: Path, *, slots: int = 4,
-                 timeout: float = 300):
+                 timeout: float = 300, env: dict[str, str] | None = None):
         target = {"vllm": "vllm-server", "llama.cpp": "llama-server"}[kind]
         self.kind, self.port = kind, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -102,7 +102,8 @@ class EngineProcess:
         self.proc = subprocess.Popen(
             ["make", "-s", "-C", str(REPO_ROOT), target, f"PORT={self.port}",
              f"MODEL={Path(model).resolve()}", f"SLOTS={slots}"],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})})  # llama-server reads LLAMA_ARG_* settings
         wait_healthy(self, target, timeout)
 
     def log(self) -> str:
