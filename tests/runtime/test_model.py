@@ -355,6 +355,28 @@ def test_loaded_checkpoints_pack_their_output_layer(tmp_path):
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
 
 
+def test_fused_projections_equal_the_separate_ones_and_step_aside_after_a_cast(tmp_path):
+    model = Transformer.init_random(tiny_config(60, attention_bias=True))
+    save_model(model, tmp_path, dtype=torch.float32)
+    loaded = load_model(tmp_path, torch.float32)
+    with torch.inference_mode():
+        assert all(b.self_attn.fused.usable() and b.mlp.fused.usable() for b in loaded.layers)
+    assert set(loaded.state_dict()) == set(model.state_dict())  # names as they were
+    for name, value in loaded.state_dict().items():  # and values: views into the fused arrays
+        torch.testing.assert_close(value, model.state_dict()[name], atol=0, rtol=0)
+    tokens = torch.randint(0, 60, (1, 12))
+    with torch.inference_mode():
+        expected = reference_logits(model, tokens)
+        torch.testing.assert_close(loaded(tokens, 0, loaded.new_cache(1, 16)), expected,
+                                   atol=ATOL, rtol=0)
+        loaded.to(torch.bfloat16)  # each weight its own copy now: the fused product steps aside
+        assert not any(b.self_attn.fused.usable() for b in loaded.layers)
+        cast = loaded(tokens, 0, loaded.new_cache(1, 16))
+    assert (cast - expected).abs().max() < 0.05
+    with torch.enable_grad():  # training never takes it
+        assert not loaded.layers[0].mlp.fused.usable()
+
+
 def test_a_packed_product_that_disagrees_is_not_used(monkeypatch):
     """Packing checks the packed product against the layer once; where this build of torch
     gets it wrong (or lacks it), the layer itself is used."""

@@ -156,6 +156,7 @@ def from_state(config: ModelConfig, state: dict[str, torch.Tensor], source: Path
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.transpose_projections()
+    model.fuse_projections()
     model.pack_output_layer()
     return model.eval()
 

@@ -124,6 +124,7 @@ def _faster_dtype(hidden: int, intermediate: int, heads: int, kv_heads: int, hea
             if dtype == torch.float32:  # as load_model keeps fp32 weights
                 model.transpose_projections()
                 model.pack_output_layer()
+            model.fuse_projections()
             prompt = torch.zeros(1, 64, dtype=torch.long)
             best = float("inf")
             for _ in range(3):
