@@ -12,10 +12,17 @@ from tokenfill.paths import BENCHMARKS_MD, BUNDLED_MODEL
 
 
 def runtime(args: argparse.Namespace) -> str:
-    from benchmarks.runtime import bench_runtime
+    import tempfile
 
-    return bench_runtime(args.model, dtypes=("fp32", "bf16") if args.dtype == "auto"
-                         else (args.dtype,))
+    from benchmarks.runtime import bench_runtime, preset_checkpoint
+
+    dtypes = ("fp32", "bf16") if args.dtype == "auto" else (args.dtype,)
+    if args.preset:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = preset_checkpoint(args.preset, Path(tmp) / f"random-{args.preset}")
+            return bench_runtime(model, dtypes=dtypes,
+                                 command=f"python -m benchmarks runtime --preset {args.preset}")
+    return bench_runtime(args.model, dtypes=dtypes)
 
 
 def humaneval(args: argparse.Namespace) -> str:
@@ -137,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "gate: HumanEval single-line rows (300)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="runtime: the dtype to measure (auto: both); humaneval: as for complete")
+    p.add_argument("--preset", choices=["mid", "base", "large"], default=None,
+                   help="runtime: measure a training preset's shape with random weights (the "
+                        "bundled tokenizer, a 2,048-token window) instead of --model")
     p.add_argument("--files", type=int, default=12, help="typing: held-out files to type in")
     p.add_argument("--chars", type=int, default=120, help="typing: characters typed per file")
     p.add_argument("--cps", type=float, default=15.0, help="typing: characters per second")
@@ -165,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     table = BENCHES[args.what](args)
     print(table)
     if not args.no_write and not table.startswith("skipped"):
-        update_section(f"bench-{args.what}", table, BENCHMARKS_MD, title=TITLES[args.what])
-        print(f"\n{BENCHMARKS_MD.name}: section bench-{args.what} rewritten", file=sys.stderr)
+        section, title = f"bench-{args.what}", TITLES[args.what]
+        if args.what == "runtime" and args.preset:
+            section += f"-{args.preset}"
+            title += f", the {args.preset} preset's shape (random weights)"
+        update_section(section, table, BENCHMARKS_MD, title=title)
+        print(f"\n{BENCHMARKS_MD.name}: section {section} rewritten", file=sys.stderr)
     return 0
 
 

@@ -23,11 +23,15 @@ LLAMA_SPECULATION = ("none", "ngram-simple")  # llama-server's --spec-type for t
 
 
 def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"),
-                  prompt_lengths: tuple[int, ...] = PROMPT_LENGTHS, new_tokens: int = 128, repeats: int = 8, per_kind: int = 20,
-                  max_tokens: int = 64) -> str:
-    """Markdown tables: prefill and decode tokens/s side by side; per completion; start-up."""
+                  prompt_lengths: tuple[int, ...] = PROMPT_LENGTHS, new_tokens: int = 128,
+                  repeats: int = 8, per_kind: int = 20, max_tokens: int = 64,
+                  command: str | None = None) -> str:
+    """Markdown tables: prefill and decode tokens/s side by side; per completion; start-up;
+    other forms of the runtime. `command`: the command line the header gives."""
     tokenizer = Tokenizer.from_file(model_dir)
-    source = "\n".join(path.read_text() for path in sorted((REPO_ROOT / "tokenfill").rglob("*.py")))
+    # the package's own source: prompts as long as any window (a prompt's values do not matter)
+    source = "\n".join(path.read_text()
+                       for path in sorted((REPO_ROOT / "tokenfill").rglob("*.py")))
     ids = tokenizer.encode(source)
     window = load_config(model_dir).max_position_embeddings
     lengths = sorted({min(n, window - 1) for n in prompt_lengths})  # room for one more
@@ -38,7 +42,7 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"),
                                   generate(load_model(model_dir), short, new_tokens).tokens))
     prefill_heads = " | ".join(f"prefill {n:,} tokens, tokens/s" for n in lengths)
     return "\n".join([
-        header(f"python -m benchmarks runtime{model_option(model_dir)}"),
+        header(command or f"python -m benchmarks runtime{model_option(model_dir)}"),
         f"prefill: one prompt of each length (the model's window is {window:,} tokens); decode: "
         f"{new_tokens} greedy tokens after a 32-token prompt; median of {repeats} rounds, the "
         f"runtimes taking turns; tokenfill and transformers with tokenfill's threads per pass "
@@ -54,6 +58,8 @@ def bench_runtime(model_dir: Path, dtypes: tuple[str, ...] = ("fp32", "bf16"),
         *per_completion(model_dir, per_kind, max_tokens),
         "",
         start_up(model_dir),
+        "",
+        *trials(model_dir),
     ])
 
 
@@ -233,3 +239,117 @@ def start_up(model_dir: Path, rounds: int = 3) -> str:
             server.stop()
     return (f"Start-up: `tokenfill serve` launched to /health answering 200, median of {rounds}: "
             f"{statistics.median(times):.2f} s (target < 3 s).")
+
+
+
+def trials(model_dir: Path, cached: int = 300, rounds: int = 200) -> list[str]:
+    """Lines of tables: other forms of the in-process runtime, kept out of the defaults where they
+    measured slower. A decoding step (one token after `cached`) and a draft tree's pass (8
+    tokens) on one thread, as the runtime runs them; then a decoding step's products alone, the
+    weights in fp32, bf16 and int8 (weight-only, PyTorch's kernel for it)."""
+    import time
+
+    from tokenfill.runtime.hardware import use_threads_for
+
+    ids = torch.randint(0, load_config(model_dir).vocab_size, (1, cached + 8),
+                        generator=torch.Generator().manual_seed(0))
+    use_threads_for(1)
+    forms = {"eager, fp32 (the default here)": (load_model(model_dir, torch.float32), ""),
+             "eager, bf16": (load_model(model_dir, torch.bfloat16), "")}
+    try:
+        plain = load_model(model_dir, torch.float32)
+        plain.packed_output = None  # oneDNN's packed product is not one inductor can lower
+        compiled = torch.compile(plain, dynamic=True)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for tokens in (1, 8, 1):  # both shapes
+                compiled(ids[:, :tokens], 0, compiled.new_cache(1, cached + 8))
+        forms["torch.compile (inductor), fp32"] = (
+            compiled, f"compiled in {time.perf_counter() - start:.0f} s")
+    except Exception as e:  # noqa: BLE001 - no C++ compiler here, or a backend error: say so
+        forms["torch.compile (inductor), fp32"] = (None, f"not run: {str(e).splitlines()[0]}")
+    fns, keys = [], []
+    for name, (model, _) in forms.items():
+        if model is None:
+            continue
+        cache = model.new_cache(1, cached + 8)
+        with torch.inference_mode():
+            model(ids[:, :cached], 0, cache)
+        for tokens in (1, 8):
+            def run(model=model, cache=cache, tokens=tokens):
+                with torch.inference_mode():
+                    model(ids[:, cached:cached + tokens], cached, cache)
+            fns.append(run)
+            keys.append((name, tokens))
+    times = dict(zip(keys, interleaved_medians(fns, rounds)))
+    lines = [f"Other forms of the runtime: one thread, a decoding step after {cached} cached "
+             f"tokens and a draft tree's pass of 8, median of {rounds} rounds, the forms taking "
+             "turns:",
+             "", "| form | decoding step ms | 8-token pass ms | |", "| --- | --- | --- | --- |"]
+    for name, (_, note) in forms.items():
+        if (name, 1) in times:
+            lines.append(f"| {name} | {times[name, 1] * 1000:.2f} | {times[name, 8] * 1000:.2f} "
+                         f"| {note} |")
+        else:
+            lines.append(f"| {name} | - | - | {note} |")
+    return [*lines, "", *weight_forms(forms["eager, fp32 (the default here)"][0], rounds)]
+
+
+def weight_forms(model, rounds: int) -> list[str]:
+    """Lines of a table: one decoding step's products (one row times each projection of every
+    layer, and the output layer) with the weights in fp32, bf16 and int8 weight-only."""
+    import torch.nn.functional as F
+
+    weights = [module.weight.detach() for module in model.modules()
+               if isinstance(module, torch.nn.Linear)]
+    forms = {"fp32": [], "bf16": [], "int8 weight-only": []}
+    for w in weights:
+        x = torch.randn(1, w.shape[1])
+        bf16_x, bf16_w = x.bfloat16(), w.bfloat16()
+        scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+        int8_w = (w / scales[:, None]).round().to(torch.int8).contiguous()
+        forms["fp32"].append(lambda x=x, w=w: F.linear(x, w))
+        forms["bf16"].append(lambda x=bf16_x, w=bf16_w: F.linear(x, w))
+        forms["int8 weight-only"].append(
+            lambda x=x, w=int8_w, s=scales: torch.ops.aten._weight_int8pack_mm(x, w, s))
+    lines = [f"One decoding step's products alone ({len(weights)} of them, one row each, every "
+             f"weight in turn), median of {rounds} rounds:",
+             "", "| weights | products' ms per step |", "| --- | --- |"]
+    for name, products in forms.items():
+        try:
+            def step(products=products):
+                with torch.inference_mode():
+                    for product in products:
+                        product()
+            step()
+            lines.append(f"| {name} | {interleaved_medians([step], rounds)[0] * 1000:.3f} |")
+        except RuntimeError as e:  # a kernel this build of torch lacks
+            lines.append(f"| {name} | not run: {str(e).splitlines()[0]} |")
+    return lines
+
+
+def preset_checkpoint(preset: str, directory: Path, context: int = 2048, seed: int = 0) -> Path:
+    """A checkpoint of a training preset's shape with random weights, the bundled model's
+    tokenizer and FIM layout, in `directory`: the runtime's speed on a model not trained yet
+    (the texts it writes mean nothing)."""
+    import json
+    import shutil
+
+    from tokenfill.paths import BUNDLED_MODEL
+    from tokenfill.runtime.checkpoint import fim_layout, save_model
+    from tokenfill.runtime.model import ModelConfig, Transformer
+    from tokenfill.train.recipe import PRESETS, padded_vocab
+
+    tokenizer = Tokenizer.from_file(BUNDLED_MODEL)
+    config = ModelConfig(vocab_size=padded_vocab(tokenizer.vocab_size),
+                         max_position_embeddings=context, tie_word_embeddings=True,
+                         **PRESETS[preset])
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(Transformer.init_random(config, seed=seed), directory,
+               fim_layout=fim_layout(BUNDLED_MODEL))
+    for name in ("tokenizer.json", "ngrams.safetensors"):  # the tokenizer's, not the weights'
+        if (BUNDLED_MODEL / name).exists():
+            shutil.copy(BUNDLED_MODEL / name, directory / name)
+    readme = {"preset": preset, "weights": "random", "seed": seed}
+    (directory / "preset.json").write_text(json.dumps(readme) + "\n")
+    return directory

@@ -22,3 +22,5 @@ def test_runtime_bench_reports_both_runtimes(model_dir):
         assert "| llama-server | f32 |" in table
         assert "| llama-server, --spec-type ngram-simple |" in table
     assert "Start-up: `tokenfill serve` launched" in table
+    assert "| eager, fp32 (the default here) |" in table and "| torch.compile (inductor)" in table
+    assert "| int8 weight-only |" in table
