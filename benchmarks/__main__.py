@@ -115,7 +115,7 @@ BENCHES = {"fuzz": fuzz, "runtime": runtime, "humaneval": humaneval, "typing": t
 
 TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench yet
     "fuzz": "Fuzzing the HTTP routes and the language server",
-    "runtime": "Runtime speed: tokenfill vs `transformers` on the same checkpoint",
+    "runtime": "Runtime speed: tokenfill, `transformers` and llama-server on the same weights",
     "humaneval": "HumanEval single-line infilling through `tokenfill batch`",
     "typing": "Typing through the HTTP server: KV reuse on and off",
     "lsp": "Language server overhead",
