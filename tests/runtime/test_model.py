@@ -44,6 +44,22 @@ def test_cached_decode_equals_full_recompute(kv_heads, bias):
     assert torch.allclose(long, expected[:100], atol=ATOL)
 
 
+def test_rope_tables_grow_with_the_positions_asked_for():
+    """The model keeps cos/sin tables for the positions met so far (`Transformer.rope`); a pass
+    past them grows them, and the logits stay the reference's."""
+    model = Transformer.init_random(tiny_config(97, max_position_embeddings=1024), seed=4).eval()
+    tokens = torch.randint(0, 97, (1, 600), generator=torch.Generator().manual_seed(5))
+    expected = reference_logits(model, tokens)[0]
+    cache = model.new_cache(1, 600)
+    with torch.no_grad():
+        got = [model(tokens[:, :10], 0, cache)[0]]
+        kept = model.rope_kept[0].shape[0]
+        got.append(model(tokens[:, 10:599], 10, cache)[0])
+        got.append(model(tokens[:, 599:], 599, cache, positions=torch.tensor([599]))[0])
+    assert kept < 600 <= model.rope_kept[0].shape[0]
+    torch.testing.assert_close(torch.cat(got), expected, atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("T", [6, 70])  # grouped attention, and the fused kernel (LONG_QUERIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_mask_over_the_last_keys_equals_the_whole_mask(T, dtype):
