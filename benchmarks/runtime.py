@@ -183,6 +183,8 @@ def per_completion(model_dir: Path, per_kind: int, max_tokens: int) -> list[str]
             continue
         prompt = engine.prompt(request(hole), min(max_tokens, engine.context // 2))
         asked.append((prompt.ids, max(made.tokens, 1), made.total_ms))
+    if not asked:
+        return [f"Per completion: syntax-aware completion declined all {len(holes)} holes."]
     rows = [("tokenfill, defaults (draft trees)", [ms for _, _, ms in asked], "")]
     missing = engine_missing("llama.cpp")
     logs = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
