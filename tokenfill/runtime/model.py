@@ -509,7 +509,10 @@ class Transformer(nn.Module):
         """`rope_tables` at `positions`, looked up in tables kept for positions [0, n) (n doubles
         as needed): computed each pass they took eight operator calls, about 40 us, against
         about 8 us for the lookup (measured). `end`: one past the largest position, when the
-        caller knows it."""
+        caller knows it. Training, and a traced (compiled) pass, compute them: nothing kept
+        between steps for autograd or the tracer to follow."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return rope_tables(self.config, positions)
         end = int(positions.max()) + 1 if end is None else end
         kept = self.rope_kept
         if kept is None or kept[0].shape[0] < end or kept[0].device != positions.device:
