@@ -334,7 +334,6 @@ def preset_checkpoint(preset: str, directory: Path, context: int = 2048, seed: i
     """A checkpoint of a training preset's shape with random weights, the bundled model's
     tokenizer and FIM layout, in `directory`: the runtime's speed on a model not trained yet
     (the texts it writes mean nothing)."""
-    import json
     import shutil
 
     from tokenfill.paths import BUNDLED_MODEL
@@ -352,6 +351,4 @@ def preset_checkpoint(preset: str, directory: Path, context: int = 2048, seed: i
     for name in ("tokenizer.json", "ngrams.safetensors"):  # the tokenizer's, not the weights'
         if (BUNDLED_MODEL / name).exists():
             shutil.copy(BUNDLED_MODEL / name, directory / name)
-    readme = {"preset": preset, "weights": "random", "seed": seed}
-    (directory / "preset.json").write_text(json.dumps(readme) + "\n")
     return directory
