@@ -122,7 +122,7 @@ TITLES = {  # a section's heading, where BENCHMARKS.md has none for the bench ye
     "cursor": "A cursor inside a token: `exact`, `heal` and `none`",
     "speculative": "Speculative decoding vs plain decoding",
     "syntax": "Syntax-aware completion vs raw decoding",
-    "endings": "Where completions end: the end guard off and on",
+    "endings": "Where completions end, and the name after a dot: each rule off and on",
     "sizing": "Model size against the typing budget",
     "tokenizer": "Tokenizer vocabulary size",
     "context": "Repository context: with and without the workspace index",
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-write", action="store_true",
                    help="print the table only; leave BENCHMARKS.md as it is")
     p.add_argument("--limit", type=int, default=0,
-                   help="humaneval: at most this many tasks; endings: HumanEval rows (200); "
+                   help="humaneval: at most this many tasks; endings: HumanEval rows of each set (200); "
                         "gate: HumanEval single-line rows (300)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="runtime: the dtype to measure (auto: both); humaneval: as for complete")

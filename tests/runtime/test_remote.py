@@ -103,6 +103,8 @@ def local(model_dir) -> Engine:
     # a lookup past its budget answers () and then completes for the next asker: a slow first
     # (cold) lookup would give the two sides compared different members
     engine.monitor.timeout_s = 60
+    # engines elsewhere choose their own tokens, which the member prior cannot weigh (usage.py)
+    engine.member_prior = False
     return engine
 
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from tokenfill.completion import cursor, fim, utf8
+from tokenfill.completion import cursor, fim, usage, utf8
 from tokenfill.completion.confidence import MIN_EXIT_TOKENS, Gate, TokenStats
 from tokenfill.completion.cursor_modes import CURSOR_MODES, Begun, Plain
 from tokenfill.completion.monitor import MemberConstraint, Monitor
 from tokenfill.completion.request import CompletionRequest
 from tokenfill.completion.stops import EndGuard, StopRule
-from tokenfill.completion.syntax import CursorContext, analyze, decide
+from tokenfill.completion.syntax import CursorContext, Decision, analyze, decide
 from tokenfill.runtime import gguf_io
 from tokenfill.runtime.checkpoint import fim_layout, load_config, load_model
 from tokenfill.runtime.generate import Generation, generate
@@ -125,9 +125,15 @@ class Engine:
         self.monitor = Monitor()  # attribute names after `name.`, cached per document
         # n-gram tables of the workspaces requests name (`project`), for the workspace drafter
         self.workspace_tables: dict[str, NGramTable] = {}
+        # after `name.`, names the file uses with `name` weigh more (usage.py);
+        # off only to measure what the prior changes
+        self.member_prior = True
         # syntax on: the end token waits until the line or block can be complete (stops.EndGuard);
         # off only to measure what the guard changes
         self.hold_end = True
+        # with syntax on, one line where a line is inserted between statements (syntax.decide);
+        # off only to measure what that changes
+        self.lines_between = True
         # how context from other files is laid out (fim.CONTEXT_LAYOUTS); others only to measure
         self.context_layout = "auto"
         # texts fitting the context encoded lately: while a person types, the suffix and its
@@ -212,7 +218,8 @@ class Engine:
         """
         start = time.perf_counter()
         context = analyze(request.prefix, request.suffix) if request.syntax else None
-        decision = decide(context, invoked=request.invoked) if context is not None else None
+        decision = decide(context, invoked=request.invoked,
+                          lines_between=self.lines_between) if context is not None else None
         if decision is not None and not decision.complete and request.max_tokens > 0:
             return Completion.declined(decision.mode, decision.reason, start)
         max_tokens = min(request.max_tokens, self.context // 2)
@@ -220,7 +227,8 @@ class Engine:
         threshold = self.threshold(request)
         gating = threshold > 0 and not request.invoked and max_tokens > 0
         # a completion the gate may drop or cut is sent whole once scored: none of it streams
-        out = _Output(self.stop_rule(request, context), None if gating else on_text, abort,
+        out = _Output(self.stop_rule(request, context, decision),
+                      None if gating else on_text, abort,
                       start + request.time_budget_ms / 1000 if request.time_budget_ms else None)
         out.exit_gate = self.gate if gating else None
         out.stats.shape = cursor_shape(context, out.rule.mode)
@@ -334,16 +342,19 @@ class Engine:
                 self.encoded.popitem(last=False)
         return list(ids)
 
-    def stop_rule(self, request: CompletionRequest, context: CursorContext | None) -> StopRule:
+    def stop_rule(self, request: CompletionRequest, context: CursorContext | None,
+                  decision: Decision | None = None) -> StopRule:
         return StopRule(self.tokenizer, request.prefix, request.suffix, stop_strings=request.stop,
                         n_indent=request.n_indent, single_line=request.single_line,
-                        syntax=request.syntax, context=context)
+                        syntax=request.syntax, context=context,
+                        mode=decision.mode if decision is not None else None)
 
     def constraints(self, request: CompletionRequest, context: CursorContext | None,
                     out: _Output, need: bytes) -> tuple[list, int]:
         """What decoding must respect: whole UTF-8 characters, the bytes still to spell, after
-        `name.` the members static analysis finds, and with syntax on no end before the line or
-        block can be complete. Also how many members those were."""
+        `name.` the members static analysis finds (the names the file uses there weighing more),
+        and with syntax on no end before the line or block can be complete. Also how many
+        members those were."""
         before = request.prefix.encode() + out.rule.data  # the needed bytes are spelled again
         before = before[:len(before) - len(need)]
         vocab = len(self.tokenizer.token_bytes)
@@ -357,9 +368,21 @@ class Engine:
                                                request.path, request.project)
             if members:
                 found.append(MemberConstraint(self.tokenizer, members, before))
+            # engines elsewhere choose their own tokens: the prior weighs only ours
+            prior = self.prior(request, context, before) \
+                if self.member_prior and self.remote is None else None
+            if prior is not None:
+                found.append(prior)
         if context is not None and self.hold_end:
             found.append(EndGuard(out.rule, self.end_ids, vocab))
         return found, len(members)
+
+    def prior(self, request: CompletionRequest, context: CursorContext,
+              before: bytes) -> usage.MemberPrior | None:
+        """After `name.`: the names the file uses with `name` weigh more (usage.py)."""
+        head = request.prefix[:len(request.prefix) - len(context.partial)]
+        counts = usage.uses(context.receiver, head + request.suffix)
+        return usage.MemberPrior(self.tokenizer, counts, before) if counts else None
 
     def decode(self, request: CompletionRequest, context: CursorContext | None, prompt: Prompt,
                begun: Begun, cache: KVCache | None, out: _Output,

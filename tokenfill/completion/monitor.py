@@ -36,6 +36,14 @@ def is_name_byte(b: int) -> bool:
     return b == 0x5F or 0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A or b >= 0x80
 
 
+@functools.lru_cache(maxsize=8)
+def name_breaks(tokenizer: Tokenizer) -> Tensor:
+    """(vocab,) bool: the tokens that cannot continue a name (the special ones among them),
+    worked out once per tokenizer."""
+    return torch.tensor([not (b and is_name_byte(b[0])) or i in tokenizer.special_ids
+                         for i, b in enumerate(tokenizer.token_bytes)])
+
+
 def lookup(code: str, line: int, column: int, path: str | None, project: str | None) -> tuple[str, ...]:
     """The names jedi completes at (line, column) of `code`: the members after a dot there."""
     import jedi
@@ -135,12 +143,12 @@ class MemberConstraint:
     """Decoding constraint (generate.choose): the name after the dot must be one of `members`."""
 
     def __init__(self, tokenizer: Tokenizer, members: tuple[str, ...], before: bytes):
+        self.tokenizer = tokenizer
         self.index, self.table = tokenizer.prefix_index, tokenizer.token_bytes
         self.members = [m.encode() for m in members]
         self.typed = IDENT_TAIL.search(before).group(0)  # the name's bytes so far
         self.special = tokenizer.special_ids
         self.done = False
-        self._not_name: Tensor | None = None  # tokens that cannot continue a name
 
     def allowed(self) -> Tensor | None:
         """(vocab,) bool: the tokens the next one may be, or None once the name is settled."""
@@ -156,10 +164,7 @@ class MemberConstraint:
         for m in candidates:
             rest = m[len(typed):]
             if not rest:  # a whole member: anything that is not more name may follow
-                if self._not_name is None:
-                    self._not_name = torch.tensor([not (b and is_name_byte(b[0])) or i in self.special
-                                                   for i, b in enumerate(self.table)])
-                mask |= self._not_name
+                mask |= name_breaks(self.tokenizer)
                 continue
             ids += self.index.prefixes_of(rest)
             ids += [i for i in self.index.starting_with(rest)

@@ -5,7 +5,9 @@ With syntax on (the default), the cursor context (syntax.py) picks the mode:
   opened; before a closing bracket that closes a bracket open at the cursor which the suffix
   already closes; before a quote that closes the cursor's string when the suffix holds that
   quote; and before text equal to the rest of the cursor's line in the suffix (so nothing the
-  suffix holds is written twice).
+  suffix holds is written twice). A line written at the start of a line that holds text is a
+  whole line inserted before it: it ends after its newline, and where its statement spans
+  lines, also where a block would end.
 - `block`, several lines: it ends before a line indented less than the block (the body of a
   block opener ends at a line no deeper than the opener), before a line that repeats the
   suffix's next non-blank line, and before a blank line, except inside the body of a block
@@ -68,15 +70,20 @@ class StopRule:
 
     def __init__(self, tokenizer: Tokenizer, prefix: str, suffix: str, *,
                  stop_strings: tuple[str, ...] = (), n_indent: int = 0, single_line: bool = False,
-                 syntax: bool = True, context: CursorContext | None = None):
+                 syntax: bool = True, context: CursorContext | None = None,
+                 mode: str | None = None):
         self.token_bytes = tokenizer.token_bytes
         self.ctx = (context or analyze(prefix, suffix)) if syntax else None
-        self.mode = None if self.ctx is None else "line" if single_line else decide(self.ctx).mode
+        self.mode = None if self.ctx is None else "line" if single_line else \
+            mode or decide(self.ctx).mode
         self.cursor_line = prefix.rsplit("\n", 1)[-1]
         self.keep_newline = suffix.split("\n", 1)[0] != ""
         line = suffix.split("\n", 1)[0]
         self.rest = line.strip()
         self.rest_lead = line[:len(line) - len(line.lstrip(" \t"))] if self.rest else ""
+        # a line written at the start of a line that has text: a whole line inserted before that
+        # text, so it ends after its newline, the text staying on a line of its own
+        self.whole_line = self.mode == "line" and self.cursor_line == "" and self.rest != ""
         after = suffix.split("\n")[0 if not self.cursor_line.strip() else 1:]
         self.next_line = next((line.strip() for line in after if line.strip()), "")
         self.stop_strings = tuple(s for s in stop_strings if s)
@@ -134,8 +141,8 @@ class StopRule:
         if self.ctx is None:
             return None
         cuts = [self.scan(text), self.repeat_cut(text)]
-        if self.mode == "block":
-            cuts.append(self.block_cut(text))
+        if self.mode == "block" or self.whole_line:  # a whole line's statement may span lines:
+            cuts.append(self.block_cut(text))       # those a block would end end it too
         return min((c for c in cuts if c is not None), default=None)
 
     def repeat_cut(self, text: str) -> int | None:
@@ -164,6 +171,8 @@ class StopRule:
         text = valid_utf8_prefix(self.data)
         if ctx.open_brackets:
             ok = fragment_closed(text) and (self.mode == "line" or text.strip() != "")
+        elif self.whole_line:  # the suffix's text goes on on the next line
+            ok = statements_complete(text, opener_ok=True) and text.endswith("\n")
         elif self.mode == "line":
             ok = statements_complete(self.cursor_line + text + ctx.rest_of_line, opener_ok=True)
         else:
@@ -237,7 +246,7 @@ class StopRule:
                 else:
                     closes = ""                 # the completion closes a bracket itself
             if c == "\n" and self.mode == "line" and not own and quote is None:
-                return i, resume                # the end of the statement
+                return i + self.whole_line, resume  # the end of the statement
             i += 1
         return None, resume
 

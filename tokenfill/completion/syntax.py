@@ -64,6 +64,8 @@ class CursorContext:
     block_opener: bool = False         # the cursor ends a line such as `def f(x):`
     blank_line: bool = False           # nothing but indentation before and after the cursor
     indent: int = 0                    # columns of indentation of the cursor's line
+    line_before: str = ""              # the last non-blank line before the cursor's
+    line_after: str = ""               # the first non-blank line from the cursor on (its rest)
     open_brackets: list[str] = field(default_factory=list)  # innermost last
     suffix_closes: str = ""            # the open brackets (innermost first) the suffix closes
     indentation: Indentation = Indentation()
@@ -164,8 +166,9 @@ def analyze(prefix: str, suffix: str = "") -> CursorContext:
     """The cursor context at the end of `prefix`, with `suffix` after the cursor."""
     cursor_line = prefix.rsplit("\n", 1)[-1]
     rest = suffix.split("\n", 1)[0]
+    before = prefix[:len(prefix) - len(cursor_line)].rstrip(" \t\n").rsplit("\n", 1)[-1]
     ctx = CursorContext(cursor_line=cursor_line, rest_of_line=rest,
-                        indent=indent_width(cursor_line),
+                        indent=indent_width(cursor_line), line_before=before,
                         indentation=detect_indentation(prefix[-6000:] + suffix[:2000]))
     if len(prefix) > WINDOW:
         tail = prefix[-WINDOW:]
@@ -186,6 +189,8 @@ def analyze(prefix: str, suffix: str = "") -> CursorContext:
     ctx.blank_line = not cursor_line.strip() and not rest.strip() and string is None
     after = rest if rest.strip() else suffix.lstrip(" \t\n").split("\n", 1)[0]
     ctx.suffix_closes = _suffix_closes(ctx.open_brackets, after)
+    ctx.line_after = rest if rest.strip() else next(
+        (line for line in suffix.split("\n")[1:] if line.strip()), "")
     return ctx
 
 
@@ -276,8 +281,10 @@ class Decision:
     reason: str        # why not, or why this mode, in words
 
 
-def decide(ctx: CursorContext, *, invoked: bool = False) -> Decision:
-    """Whether to complete at this cursor, and how much. `invoked`: the person asked explicitly."""
+def decide(ctx: CursorContext, *, invoked: bool = False, lines_between: bool = True) -> Decision:
+    """Whether to complete at this cursor, and how much. `invoked`: the person asked explicitly.
+    `lines_between` off: a block wherever a line starts (only to measure what one line between
+    statements changes)."""
     if ctx.in_comment and not invoked:
         return Decision(False, "line", "the cursor is in a comment")
     if ctx.partial and re.match(r"\w", ctx.rest_of_line) and not invoked:
@@ -286,11 +293,37 @@ def decide(ctx: CursorContext, *, invoked: bool = False) -> Decision:
         return Decision(True, "line", "inside a string: the rest of it")
     if ctx.block_opener and not ctx.rest_of_line.strip():
         return Decision(True, "block", "after a block opener: its body")
+    at_line_start = not ctx.cursor_line.strip() and ctx.rest_of_line.strip()[:1] not in CLOSERS
+    if (ctx.blank_line or at_line_start) and lines_between and between_statements(ctx):
+        return Decision(True, "line", "between statements: one line")
     if ctx.blank_line:
         return Decision(True, "block", "on an empty line: the lines that belong here")
-    if not ctx.cursor_line.strip() and ctx.rest_of_line.strip()[:1] not in CLOSERS:
+    if at_line_start:
         return Decision(True, "block", "at the start of a line: whole lines before its text")
     return Decision(True, "line", "the rest of the statement")
+
+
+DEFINITION = re.compile(r"(?:async\s+def|def|class)\b|@")
+
+
+def between_statements(ctx: CursorContext) -> bool:
+    """Whether a line inserted at the cursor goes before code that carries on at its level or
+    deeper: the next statement of the same block, or the body of a block the new line must then
+    open. There a person adds a line to code that goes on, and a completion of several lines
+    would write over what the next lines already do. At the end of a block, in an empty one, or
+    before a new definition at the same level, several lines are welcome."""
+    if not ctx.line_after.strip():
+        return False
+    opener = ctx.line_before.split("#", 1)[0].rstrip().endswith(":")
+    level = indent_width(ctx.line_before) + (ctx.indentation.width if opener else 0)
+    if ctx.cursor_line:  # the editor's indentation says where the new line goes
+        if ctx.rest_of_line.strip():
+            return False  # between indentation and text: what comes is not a line of its own
+        level = ctx.indent
+    after = indent_width(ctx.line_after)
+    if after == level and DEFINITION.match(ctx.line_after.lstrip()):
+        return False
+    return after >= level
 
 
 # Clauses that continue a compound statement: alone they do not parse, after their head they do.

@@ -21,7 +21,8 @@ from tokenfill.runtime.model import KVCache, Transformer
 
 class Constraint(Protocol):
     """Limits the next token: `allowed()` masks the ids it may take (None: any); `advance` sees
-    the choice."""
+    the choice. One may also weigh the tokens instead: `bias()`, if it has it, gives (vocab,)
+    log-space amounts added to the logits (None: none now)."""
 
     def allowed(self) -> Tensor | None: ...
 
@@ -124,6 +125,14 @@ def choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
     gets the model's logits (before any constraint) and the token chosen."""
     logits = raw = logits[:vocab_limit]
     masks = [constraint.allowed() for constraint in constraints]
+    biases = [b for constraint in constraints
+              if (b := getattr(constraint, "bias", _no_bias)()) is not None]
+    if biases:  # the model's distribution times a prior: its argmax is no longer the model's
+        logits = logits.float().clone()
+        for b in biases:
+            n = min(b.numel(), logits.numel())
+            logits[:n] += b[:n]
+        argmax = None
     # Greedy: an argmax that every constraint allows is the restricted logits' argmax as well,
     # so the masks are applied only when it is not.
     token = -1
@@ -138,6 +147,10 @@ def choose(logits: Tensor, sampling: Sampling, generator: torch.Generator | None
     if observe is not None:
         observe(raw, token)
     return token
+
+
+def _no_bias() -> None:
+    return None
 
 
 def greedy_rows(logits: Tensor, vocab_limit: int | None) -> list[int]:
