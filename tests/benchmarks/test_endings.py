@@ -17,7 +17,12 @@ def test_report_has_every_arm_for_every_kind(monkeypatch, model_dir):
     monkeypatch.setattr(realcode, "files", lambda: list(FILES))
     engines: list[Engine] = []
     load = Engine.load
-    monkeypatch.setattr(Engine, "load", lambda *a, **k: engines.append(load(*a, **k)) or engines[-1])
+
+    def loaded(*args, **kwargs) -> Engine:
+        engines.append(load(*args, **kwargs))
+        return engines[-1]
+
+    monkeypatch.setattr(Engine, "load", loaded)
     report = endings.run(model_dir, per_kind=2, humaneval=2, max_tokens=8, progress=False)
     for kind in (*endings.KINDS, *endings.HUMANEVAL):
         for arm in endings.arms_for(kind):

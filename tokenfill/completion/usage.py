@@ -81,7 +81,8 @@ class MemberPrior:
                 continue
             ids = self.index.prefixes_of(rest)  # spells on, the name not yet whole
             ids += [i for i in self.index.starting_with(rest)  # the name whole, then not a name
-                    if len(self.table[i]) > len(rest) and not is_name_byte(self.table[i][len(rest)])]
+                    if len(self.table[i]) > len(rest)
+                    and not is_name_byte(self.table[i][len(rest)])]
             mass[ids] += n
         return mass
 
