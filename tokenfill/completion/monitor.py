@@ -139,16 +139,38 @@ class Monitor:
                 self.cache.popitem(last=False)
 
 
-class MemberConstraint:
+class NameSpelling:
+    """The name after the dot as decoding spells it: the bytes so far (`typed`, from the text
+    `before` decoding), and `done` once a token leaves the name."""
+
+    def __init__(self, tokenizer: Tokenizer, before: bytes):
+        self.tokenizer = tokenizer
+        self.index, self.table = tokenizer.prefix_index, tokenizer.token_bytes
+        self.special = tokenizer.special_ids
+        self.typed = IDENT_TAIL.search(before).group(0)  # the name's bytes so far
+        self.done = False
+
+    def toward(self, rest: bytes) -> list[int]:
+        """The tokens that spell on towards a name whose untyped `rest` is not empty: a prefix
+        of it, or all of it followed by bytes that cannot be part of a name."""
+        return self.index.prefixes_of(rest) + [
+            i for i in self.index.starting_with(rest)
+            if len(self.table[i]) > len(rest) and not is_name_byte(self.table[i][len(rest)])]
+
+    def advance(self, token: int) -> None:
+        data = self.table[token]
+        if token in self.special or any(not is_name_byte(b) for b in data):
+            self.done = True
+        else:
+            self.typed += data
+
+
+class MemberConstraint(NameSpelling):
     """Decoding constraint (generate.choose): the name after the dot must be one of `members`."""
 
     def __init__(self, tokenizer: Tokenizer, members: tuple[str, ...], before: bytes):
-        self.tokenizer = tokenizer
-        self.index, self.table = tokenizer.prefix_index, tokenizer.token_bytes
+        super().__init__(tokenizer, before)
         self.members = [m.encode() for m in members]
-        self.typed = IDENT_TAIL.search(before).group(0)  # the name's bytes so far
-        self.special = tokenizer.special_ids
-        self.done = False
 
     def allowed(self) -> Tensor | None:
         """(vocab,) bool: the tokens the next one may be, or None once the name is settled."""
@@ -166,15 +188,6 @@ class MemberConstraint:
             if not rest:  # a whole member: anything that is not more name may follow
                 mask |= name_breaks(self.tokenizer)
                 continue
-            ids += self.index.prefixes_of(rest)
-            ids += [i for i in self.index.starting_with(rest)
-                    if len(self.table[i]) > len(rest) and not is_name_byte(self.table[i][len(rest)])]
+            ids += self.toward(rest)
         mask[ids] = True
         return mask
-
-    def advance(self, token: int) -> None:
-        data = self.table[token]
-        if token in self.special or any(not is_name_byte(b) for b in data):
-            self.done = True
-        else:
-            self.typed += data

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from tokenfill.completion.monitor import IDENT_TAIL, is_name_byte, name_breaks
+from tokenfill.completion.monitor import NameSpelling, name_breaks
 from tokenfill.runtime.tokenizer import Tokenizer
 
 DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*\Z")
@@ -40,19 +40,16 @@ def uses(receiver: str, text: str) -> Counter[str]:
     return Counter(pattern.findall(text))
 
 
-class MemberPrior:
+class MemberPrior(NameSpelling):
     """Decoding prior (generate.choose): tokens that spell on towards a name seen after this
     receiver get log(1 + mass / escape) more, where mass is the weighted uses of the names they
     lead to. No mask: every token stays possible."""
 
     def __init__(self, tokenizer: Tokenizer, counts: Mapping[str, float], before: bytes,
                  escape: float = ESCAPE):
-        self.tokenizer = tokenizer
-        self.index, self.table = tokenizer.prefix_index, tokenizer.token_bytes
-        self.special = tokenizer.special_ids
+        super().__init__(tokenizer, before)
         self.counts = {name.encode(): n for name, n in counts.items() if n > 0}
         self.escape = escape
-        self.typed = IDENT_TAIL.search(before).group(0)  # the name's bytes so far
         self.done = not self.counts
 
     def allowed(self) -> Tensor | None:
@@ -79,16 +76,5 @@ class MemberPrior:
             if not rest:  # the name is whole: a token that ends it completes it
                 mass += n * name_breaks(self.tokenizer)
                 continue
-            ids = self.index.prefixes_of(rest)  # spells on, the name not yet whole
-            ids += [i for i in self.index.starting_with(rest)  # the name whole, then not a name
-                    if len(self.table[i]) > len(rest)
-                    and not is_name_byte(self.table[i][len(rest)])]
-            mass[ids] += n
+            mass[self.toward(rest)] += n
         return mass
-
-    def advance(self, token: int) -> None:
-        data = self.table[token]
-        if token in self.special or any(not is_name_byte(b) for b in data):
-            self.done = True
-        else:
-            self.typed += data
